@@ -1,0 +1,112 @@
+//! Messages on init's control channel: one UTF-8 line per packet.
+//!
+//! daemon → init: `register NAME dir|file`, `ready`.
+//! init → daemon (only in answer to `register`): `ok` with the fd attached,
+//! or `err ERRNO MESSAGE`.
+
+/// Largest packet either side sends.
+pub const MAX_MESSAGE: usize = 512;
+
+/// What the root of a scheme's mount is: a directory (`/scheme/fifo/x`) or
+/// a single file (`/scheme/null`). The mount point must be of the same type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootKind {
+    Dir,
+    File,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Register(String, RootKind),
+    Ready,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Ok,
+    Err(i32, String),
+}
+
+impl Request {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Request::Register(name, kind) => {
+                let kind = match kind {
+                    RootKind::Dir => "dir",
+                    RootKind::File => "file",
+                };
+                format!("register {name} {kind}").into_bytes()
+            }
+            Request::Ready => b"ready".to_vec(),
+        }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Request, String> {
+        let text = std::str::from_utf8(bytes).map_err(|_| "message is not UTF-8".to_owned())?;
+        let words: Vec<&str> = text.trim_end().split(' ').collect();
+        match words.as_slice() {
+            ["ready"] => Ok(Request::Ready),
+            ["register", name, "dir"] => Ok(Request::Register((*name).to_owned(), RootKind::Dir)),
+            ["register", name, "file"] => Ok(Request::Register((*name).to_owned(), RootKind::File)),
+            _ => Err(format!("unknown request {text:?}")),
+        }
+    }
+}
+
+impl Reply {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Reply::Ok => b"ok".to_vec(),
+            Reply::Err(errno, msg) => format!("err {errno} {msg}").into_bytes(),
+        }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Reply, String> {
+        let text = std::str::from_utf8(bytes).map_err(|_| "reply is not UTF-8".to_owned())?;
+        if text == "ok" {
+            return Ok(Reply::Ok);
+        }
+        let mut words = text.splitn(3, ' ');
+        match (words.next(), words.next(), words.next()) {
+            (Some("err"), Some(errno), msg) => {
+                let errno = errno
+                    .parse()
+                    .map_err(|_| format!("bad errno in reply {text:?}"))?;
+                Ok(Reply::Err(errno, msg.unwrap_or("").to_owned()))
+            }
+            _ => Err(format!("unknown reply {text:?}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip() {
+        for r in [
+            Request::Ready,
+            Request::Register("disk.pci-0000-00-04.0_virtio_blk".into(), RootKind::Dir),
+            Request::Register("null".into(), RootKind::File),
+        ] {
+            assert_eq!(Request::decode(&r.encode()), Ok(r));
+        }
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        for r in [Reply::Ok, Reply::Err(13, "name not allowed".into())] {
+            assert_eq!(Reply::decode(&r.encode()), Ok(r));
+        }
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(Request::decode(b"hello").is_err());
+        assert!(Request::decode(b"register").is_err());
+        assert!(Request::decode(b"register x y").is_err());
+        assert!(Request::decode(&[0xff, 0xfe]).is_err());
+        assert!(Reply::decode(b"err x y").is_err());
+    }
+}
