@@ -1,1 +1,157 @@
-fn main() {}
+//! probe: one system call on a path, with the result printed in a form tests
+//! can match. For what busybox cannot do: O_NONBLOCK reads and writes, poll,
+//! raw ioctls, and exact errno names.
+//!
+//!   probe read  [--nonblock] PATH COUNT       → ok N <hex of bytes> | err ENAME
+//!   probe write [--nonblock] PATH TEXT        → ok N | err ENAME
+//!   probe poll  PATH in|out TIMEOUT_MS        → ready | timeout | err ENAME
+//!   probe ioctl PATH CMD                      → ok N | err ENAME   (CMD in hex or decimal)
+//!   probe open  PATH r|w|rw                   → ok | err ENAME
+
+use std::os::fd::OwnedFd;
+
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::fs::{open, Mode, OFlags};
+use rustix::io::Errno;
+
+fn errno_name(e: Errno) -> String {
+    let known = [
+        (Errno::AGAIN, "EAGAIN"),
+        (Errno::NOENT, "ENOENT"),
+        (Errno::ACCESS, "EACCES"),
+        (Errno::PERM, "EPERM"),
+        (Errno::BADF, "EBADF"),
+        (Errno::INVAL, "EINVAL"),
+        (Errno::NOTTY, "ENOTTY"),
+        (Errno::INTR, "EINTR"),
+        (Errno::ISDIR, "EISDIR"),
+        (Errno::NOSYS, "ENOSYS"),
+        (Errno::NOSPC, "ENOSPC"),
+        (Errno::IO, "EIO"),
+        (Errno::NODEV, "ENODEV"),
+        (Errno::ROFS, "EROFS"),
+        (Errno::NOTCONN, "ENOTCONN"),
+        (Errno::NOTDIR, "ENOTDIR"),
+        (Errno::EXIST, "EEXIST"),
+        (Errno::FBIG, "EFBIG"),
+    ];
+    known
+        .iter()
+        .find(|(k, _)| *k == e)
+        .map(|(_, n)| (*n).to_owned())
+        .unwrap_or_else(|| format!("E{}", e.raw_os_error()))
+}
+
+fn open_path(path: &str, flags: OFlags) -> Result<OwnedFd, Errno> {
+    open(path, flags | OFlags::CLOEXEC, Mode::empty())
+}
+
+fn parse_num(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
+fn run(args: &[String]) -> Result<String, Errno> {
+    let nonblock = args.iter().any(|a| a == "--nonblock");
+    let args: Vec<&str> = args.iter().map(String::as_str).filter(|a| *a != "--nonblock").collect();
+    let extra = if nonblock { OFlags::NONBLOCK } else { OFlags::empty() };
+    match args.as_slice() {
+        ["read", path, count] => {
+            let count = parse_num(count).ok_or(Errno::INVAL)? as usize;
+            let fd = open_path(path, OFlags::RDONLY | extra)?;
+            let mut buf = vec![0u8; count];
+            let n = rustix::io::read(&fd, &mut buf)?;
+            let hex: String = buf[..n].iter().map(|b| format!("{b:02x}")).collect();
+            Ok(format!("ok {n} {hex}"))
+        }
+        ["write", path, text] => {
+            let fd = open_path(path, OFlags::WRONLY | extra)?;
+            let n = rustix::io::write(&fd, text.as_bytes())?;
+            Ok(format!("ok {n}"))
+        }
+        ["poll", path, dir, timeout] => {
+            let (flags, events) = match *dir {
+                "in" => (OFlags::RDONLY, PollFlags::IN),
+                "out" => (OFlags::WRONLY, PollFlags::OUT),
+                _ => return Err(Errno::INVAL),
+            };
+            let ms = parse_num(timeout).ok_or(Errno::INVAL)?;
+            let fd = open_path(path, flags)?;
+            let mut fds = [PollFd::new(&fd, events)];
+            let ts = Timespec {
+                tv_sec: (ms / 1000) as i64,
+                tv_nsec: ((ms % 1000) * 1_000_000) as i64,
+            };
+            let n = poll(&mut fds, Some(&ts))?;
+            Ok(if n > 0 { "ready".to_owned() } else { "timeout".to_owned() })
+        }
+        ["ioctl", path, cmd] => {
+            let cmd = parse_num(cmd).ok_or(Errno::INVAL)?;
+            let fd = open_path(path, OFlags::RDWR)?;
+            // SAFETY: the command is arbitrary by design (the tests send
+            // garbage on purpose); the argument points at a zeroed 16 KiB
+            // buffer, larger than the biggest size (16383) an _IOC encoding
+            // can name for restricted FUSE ioctls, so nothing is written past it.
+            let mut buf = vec![0u8; 16384];
+            let r = unsafe {
+                rustix::ioctl::ioctl(&fd, RawIoctl { cmd: cmd as u32, arg: buf.as_mut_ptr() })
+            }?;
+            Ok(format!("ok {r}"))
+        }
+        ["open", path, mode] => {
+            let flags = match *mode {
+                "r" => OFlags::RDONLY,
+                "w" => OFlags::WRONLY,
+                "rw" => OFlags::RDWR,
+                _ => return Err(Errno::INVAL),
+            };
+            open_path(path, flags | extra)?;
+            Ok("ok".to_owned())
+        }
+        _ => {
+            eprintln!("usage: probe read|write|poll|ioctl|open ... (see source)");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// An ioctl whose command comes from the command line.
+struct RawIoctl {
+    cmd: u32,
+    arg: *mut u8,
+}
+
+// SAFETY: `arg` points at a buffer large enough for any restricted ioctl
+// (see the caller); the result is the raw return value.
+unsafe impl rustix::ioctl::Ioctl for RawIoctl {
+    type Output = i32;
+    const IS_MUTATING: bool = true;
+
+    fn opcode(&self) -> rustix::ioctl::Opcode {
+        self.cmd as rustix::ioctl::Opcode
+    }
+
+    fn as_ptr(&mut self) -> *mut core::ffi::c_void {
+        self.arg.cast()
+    }
+
+    unsafe fn output_from_ptr(
+        out: rustix::ioctl::IoctlOutput,
+        _: *mut core::ffi::c_void,
+    ) -> rustix::io::Result<i32> {
+        Ok(out)
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(s) => println!("{s}"),
+        Err(e) => {
+            println!("err {}", errno_name(e));
+            std::process::exit(1);
+        }
+    }
+}

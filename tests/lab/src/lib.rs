@@ -1,1 +1,527 @@
-//! placeholder
+//! The QEMU test lab: boots the image with a chosen device list and extra
+//! files, captures the console, runs commands in the guest through
+//! `lab-agent` on a second serial port, talks QMP, bounds every wait, and
+//! always kills its own QEMU.
+//!
+//! The same QEMU command line serves `make run` (see `bin/lab-run.rs`), so
+//! what a person boots is what the tests boot.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{json, Value};
+
+pub type Result<T> = std::result::Result<T, String>;
+
+/// Printed by init once every service is up (or failed).
+pub const READY_BANNER: &str = "init: all services ready";
+
+/// The workspace root (two levels above this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Where `make image` puts `vmlinuz` and `initfs.cpio.gz`
+/// (`LAB_IMAGE_DIR` overrides).
+pub fn image_dir() -> PathBuf {
+    std::env::var_os("LAB_IMAGE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("build/image"))
+}
+
+/// The machine every boot uses: q35 with a split irqchip and the virtual
+/// IOMMU (it must come before the devices it translates for).
+pub fn machine_args(memory_mb: u32, smp: u32) -> Vec<String> {
+    [
+        "-machine", "q35,kernel-irqchip=split", "-accel", "tcg",
+        "-m", &memory_mb.to_string(), "-smp", &smp.to_string(),
+        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-device", "intel-iommu,intremap=on,caching-mode=on",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Kernel command line; `extra` words are appended.
+pub fn kernel_cmdline(extra: &[String]) -> String {
+    let mut words = vec![
+        "console=ttyS0,115200".to_owned(),
+        "intel_iommu=on".to_owned(),
+        "iommu=pt".to_owned(),
+        "panic=-1".to_owned(),
+        "quiet".to_owned(),
+    ];
+    words.extend(extra.iter().cloned());
+    words.join(" ")
+}
+
+/// A file added to the guest's initramfs for one boot.
+#[derive(Debug, Clone)]
+pub struct ExtraFile {
+    pub path: String,
+    pub data: Vec<u8>,
+    pub mode: u32,
+}
+
+/// One boot's configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Scenario name: the console log goes to `target/lab/<name>.console.log`.
+    pub name: String,
+    /// Extra QEMU arguments (devices, drives, netdevs).
+    pub qemu_args: Vec<String>,
+    pub files: Vec<ExtraFile>,
+    pub cmdline: Vec<String>,
+    pub memory_mb: u32,
+    pub smp: u32,
+    pub boot_timeout: Duration,
+}
+
+impl Config {
+    pub fn new(name: &str) -> Config {
+        Config {
+            name: name.to_owned(),
+            qemu_args: Vec::new(),
+            files: Vec::new(),
+            cmdline: Vec::new(),
+            memory_mb: 512,
+            smp: 2,
+            boot_timeout: Duration::from_secs(120),
+        }
+    }
+
+    pub fn arg(mut self, args: &[&str]) -> Config {
+        self.qemu_args.extend(args.iter().map(|s| s.to_string()));
+        self
+    }
+
+    pub fn file(mut self, path: &str, data: &[u8], mode: u32) -> Config {
+        self.files.push(ExtraFile { path: path.to_owned(), data: data.to_vec(), mode });
+        self
+    }
+}
+
+/// What a guest command printed and how it ended.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl Output {
+    pub fn success(&self) -> bool {
+        self.code == Some(0) && !self.timed_out
+    }
+
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    pub fn stderr_str(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+/// Console text captured so far, with a condition variable for waiters.
+#[derive(Default)]
+struct ConsoleBuf {
+    text: Mutex<String>,
+    grew: Condvar,
+}
+
+/// A running guest. Dropping it kills QEMU.
+pub struct Vm {
+    child: Child,
+    console: Arc<ConsoleBuf>,
+    agent: BufReader<UnixStream>,
+    qmp: Option<BufReader<UnixStream>>,
+    next_id: u64,
+    pub dir: PathBuf,
+    /// Seconds from QEMU's start to the ready banner, wall time.
+    pub boot_wall: f64,
+}
+
+fn unique_dir(name: &str) -> Result<PathBuf> {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // Socket paths must stay short (108 bytes), so not under target/.
+    let dir = std::env::temp_dir().join(format!("lab-{}-{}-{n}", name, std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Writes `base` followed by a newc archive of `files` to `out`: the kernel
+/// unpacks concatenated archives in order, so these override the image's.
+pub fn initrd_with(base: &Path, files: &[ExtraFile], out: &Path) -> Result<()> {
+    let mut data = std::fs::read(base).map_err(|e| format!("cannot read {}: {e} (run `make image`)", base.display()))?;
+    while data.len() % 4 != 0 {
+        data.push(0);
+    }
+    let mut archive = Vec::new();
+    let mut dirs = std::collections::BTreeSet::new();
+    for f in files {
+        let rel = f.path.trim_start_matches('/');
+        let mut parent = Path::new(rel).parent();
+        while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
+            dirs.insert(p.to_string_lossy().into_owned());
+            parent = p.parent();
+        }
+    }
+    let write_err = |e: std::io::Error| format!("cannot write archive: {e}");
+    for d in &dirs {
+        let w = cpio::newc::Builder::new(d).mode(0o040755).write(&mut archive, 0);
+        w.finish().map_err(write_err)?;
+    }
+    for f in files {
+        let rel = f.path.trim_start_matches('/');
+        let mut w = cpio::newc::Builder::new(rel)
+            .mode(0o100000 | (f.mode & 0o7777))
+            .write(&mut archive, f.data.len() as u32);
+        w.write_all(&f.data).map_err(write_err)?;
+        w.finish().map_err(write_err)?;
+    }
+    cpio::newc::trailer(&mut archive).map_err(write_err)?;
+    data.extend_from_slice(&archive);
+    std::fs::write(out, data).map_err(|e| format!("cannot write {}: {e}", out.display()))
+}
+
+fn connect(path: &Path, deadline: Instant, child: &mut Child) -> Result<UnixStream> {
+    loop {
+        match UnixStream::connect(path) {
+            Ok(s) => return Ok(s),
+            Err(e) => {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(format!("QEMU exited ({status}) before {} was ready", path.display()));
+                }
+                if Instant::now() >= deadline {
+                    return Err(format!("cannot connect to {}: {e}", path.display()));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+impl Vm {
+    /// Boots a guest and waits (bounded) until init reports every service
+    /// ready and the agent answers.
+    pub fn boot(cfg: Config) -> Result<Vm> {
+        let image = image_dir();
+        let dir = unique_dir(&cfg.name)?;
+        let initrd = if cfg.files.is_empty() {
+            image.join("initfs.cpio.gz")
+        } else {
+            let out = dir.join("initrd");
+            initrd_with(&image.join("initfs.cpio.gz"), &cfg.files, &out)?;
+            out
+        };
+        let kernel = image.join("vmlinuz");
+        if !kernel.exists() {
+            return Err(format!("{} is missing: run `make image` first", kernel.display()));
+        }
+        let console_sock = dir.join("console.sock");
+        let agent_sock = dir.join("agent.sock");
+        let qmp_sock = dir.join("qmp.sock");
+        let mut cmdline = cfg.cmdline.clone();
+        cmdline.push("lab.agent=ttyS1".to_owned());
+
+        let mut args = machine_args(cfg.memory_mb, cfg.smp);
+        args.extend([
+            "-kernel".into(), kernel.display().to_string(),
+            "-initrd".into(), initrd.display().to_string(),
+            "-append".into(), kernel_cmdline(&cmdline),
+            // wait=on: QEMU starts the guest only once we listen, so not a
+            // byte of the console is lost.
+            "-chardev".into(), format!("socket,id=con0,path={},server=on,wait=on", console_sock.display()),
+            "-serial".into(), "chardev:con0".into(),
+            "-chardev".into(), format!("socket,id=agent0,path={},server=on,wait=off", agent_sock.display()),
+            "-serial".into(), "chardev:agent0".into(),
+            "-qmp".into(), format!("unix:{},server=on,wait=off", qmp_sock.display()),
+        ]);
+        args.extend(cfg.qemu_args.iter().cloned());
+
+        let qemu_log = std::fs::File::create(dir.join("qemu.stderr")).map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        let mut child = Command::new("qemu-system-x86_64")
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(qemu_log))
+            .spawn()
+            .map_err(|e| format!("cannot start qemu-system-x86_64: {e} (run `make deps`)"))?;
+        let deadline = started + cfg.boot_timeout;
+
+        let console = Arc::new(ConsoleBuf::default());
+        let con_stream = match connect(&console_sock, deadline, &mut child) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let stderr = std::fs::read_to_string(dir.join("qemu.stderr")).unwrap_or_default();
+                return Err(format!("{e}\nQEMU said: {stderr}"));
+            }
+        };
+        let log_path = workspace_root().join("target/lab").join(format!("{}.console.log", cfg.name));
+        let _ = std::fs::create_dir_all(log_path.parent().unwrap_or(Path::new(".")));
+        spawn_console_reader(con_stream, console.clone(), log_path);
+
+        let mut vm = Vm {
+            child,
+            console,
+            // Placeholder until the agent is up; replaced below.
+            agent: BufReader::new(UnixStream::pair().map_err(|e| e.to_string())?.0),
+            qmp: None,
+            next_id: 1,
+            dir,
+            boot_wall: 0.0,
+        };
+        vm.wait_console(READY_BANNER, deadline.saturating_duration_since(Instant::now()))?;
+        vm.boot_wall = started.elapsed().as_secs_f64();
+        let agent = connect(&agent_sock, deadline, &mut vm.child)?;
+        vm.agent = BufReader::new(agent);
+        vm.wait_hello(deadline)?;
+        let qmp = connect(&qmp_sock, deadline, &mut vm.child)?;
+        vm.qmp = Some(BufReader::new(qmp));
+        vm.qmp_handshake()?;
+        Ok(vm)
+    }
+
+    fn wait_hello(&mut self, deadline: Instant) -> Result<()> {
+        // The agent announces itself; it may have done so before we
+        // connected, so also ping it with a no-op until it answers.
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!("the guest agent never answered\n{}", self.console_tail()));
+            }
+            match self.sh_timeout("true", Duration::from_secs(5).min(left)) {
+                Ok(out) if out.success() => return Ok(()),
+                _ => continue,
+            }
+        }
+    }
+
+    /// All console output so far.
+    pub fn console(&self) -> String {
+        self.console.text.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    fn console_tail(&self) -> String {
+        let text = self.console();
+        let start = text.len().saturating_sub(3000);
+        let start = (start..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len());
+        format!("--- console (tail) ---\n{}", &text[start..])
+    }
+
+    /// Waits until the console has printed `needle`, at most `timeout`.
+    pub fn wait_console(&mut self, needle: &str, timeout: Duration) -> Result<()> {
+        self.wait_console_after(0, needle, timeout)
+    }
+
+    /// Like `wait_console`, but only looks at output after byte `from`
+    /// (take it from `console().len()` before triggering the event).
+    pub fn wait_console_after(&mut self, from: usize, needle: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let Ok(mut text) = self.console.text.lock() else {
+            return Err("console lock poisoned".into());
+        };
+        loop {
+            if text.get(from..).is_some_and(|t| t.contains(needle)) {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                drop(text);
+                return Err(format!("console never printed {needle:?} within {timeout:?}\n{}", self.console_tail()));
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                drop(text);
+                return Err(format!("QEMU exited ({status}) waiting for {needle:?}\n{}", self.console_tail()));
+            }
+            // Wake at least every 200 ms to notice QEMU dying.
+            let wait = (deadline - now).min(Duration::from_millis(200));
+            text = match self.console.grew.wait_timeout(text, wait) {
+                Ok((t, _)) => t,
+                Err(_) => return Err("console lock poisoned".into()),
+            };
+        }
+    }
+
+    /// Runs a shell script in the guest as root (60 s bound).
+    pub fn sh(&mut self, script: &str) -> Result<Output> {
+        self.sh_timeout(script, Duration::from_secs(60))
+    }
+
+    /// Runs a script and fails unless it exits 0; returns its stdout.
+    pub fn ok(&mut self, script: &str) -> Result<String> {
+        let out = self.sh(script)?;
+        if !out.success() {
+            return Err(format!(
+                "guest command failed ({:?}, signal {:?}, timed out {}): {script}\nstdout: {}\nstderr: {}",
+                out.code,
+                out.signal,
+                out.timed_out,
+                out.stdout_str(),
+                out.stderr_str()
+            ));
+        }
+        Ok(out.stdout_str())
+    }
+
+    pub fn sh_timeout(&mut self, script: &str, timeout: Duration) -> Result<Output> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let req = json!({"id": id, "sh": script, "timeout_ms": timeout.as_millis() as u64});
+        let mut line = req.to_string();
+        line.push('\n');
+        self.agent.get_mut().write_all(line.as_bytes()).map_err(|e| format!("agent write: {e}"))?;
+        // The agent kills the script at `timeout`; allow for the transfer.
+        let deadline = Instant::now() + timeout + Duration::from_secs(15);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!("no answer from the agent for: {script}"));
+            }
+            self.agent.get_mut().set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
+            let mut reply = String::new();
+            match self.agent.read_line(&mut reply) {
+                Ok(0) => return Err("agent connection closed".into()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("agent read for {script:?}: {e}")),
+            }
+            let Ok(v) = serde_json::from_str::<Value>(reply.trim()) else {
+                continue; // line noise from before the agent set raw mode
+            };
+            if v.get("id").and_then(Value::as_u64) != Some(id) {
+                continue; // hello, or an answer to an abandoned request
+            }
+            if let Some(err) = v.get("error").and_then(Value::as_str) {
+                return Err(format!("agent: {err}"));
+            }
+            let b64 = base64::engine::general_purpose::STANDARD;
+            let field = |k: &str| -> Vec<u8> {
+                v.get(k).and_then(Value::as_str).and_then(|s| b64.decode(s).ok()).unwrap_or_default()
+            };
+            return Ok(Output {
+                code: v.get("code").and_then(Value::as_i64).map(|c| c as i32),
+                signal: v.get("signal").and_then(Value::as_i64).map(|c| c as i32),
+                timed_out: v.get("timed_out").and_then(Value::as_bool).unwrap_or(false),
+                stdout: field("stdout"),
+                stderr: field("stderr"),
+            });
+        }
+    }
+
+    fn qmp_handshake(&mut self) -> Result<()> {
+        self.qmp_read_reply()?; // greeting
+        self.qmp("qmp_capabilities", json!({}))?;
+        Ok(())
+    }
+
+    fn qmp_read_reply(&mut self) -> Result<Value> {
+        let Some(qmp) = self.qmp.as_mut() else { return Err("no QMP connection".into()) };
+        qmp.get_mut().set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+        loop {
+            let mut line = String::new();
+            match qmp.read_line(&mut line) {
+                Ok(0) => return Err("QMP connection closed".into()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("QMP read: {e}")),
+            }
+            let v: Value = serde_json::from_str(line.trim()).map_err(|e| format!("QMP: {e}: {line}"))?;
+            if v.get("event").is_some() {
+                continue;
+            }
+            return Ok(v);
+        }
+    }
+
+    /// Runs a QMP command and returns its `return` value.
+    pub fn qmp(&mut self, command: &str, arguments: Value) -> Result<Value> {
+        let Some(qmp) = self.qmp.as_mut() else { return Err("no QMP connection".into()) };
+        let mut line = json!({"execute": command, "arguments": arguments}).to_string();
+        line.push('\n');
+        qmp.get_mut().write_all(line.as_bytes()).map_err(|e| format!("QMP write: {e}"))?;
+        let v = self.qmp_read_reply()?;
+        match v.get("return") {
+            Some(r) => Ok(r.clone()),
+            None => Err(format!("QMP {command} failed: {v}")),
+        }
+    }
+
+    /// Asks the guest to power off (busybox `poweroff` → init → reboot(2))
+    /// and waits, bounded, for QEMU to exit on its own.
+    pub fn poweroff(mut self, timeout: Duration) -> Result<ExitStatus> {
+        // The agent may be stopped before it can answer: do not wait for it.
+        let line = json!({"id": 0, "sh": "poweroff", "timeout_ms": 10000}).to_string() + "\n";
+        self.agent.get_mut().write_all(line.as_bytes()).map_err(|e| format!("agent write: {e}"))?;
+        self.wait_exit(timeout)
+    }
+
+    /// Waits for QEMU to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().map_err(|e| e.to_string())? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("QEMU still running {timeout:?} after poweroff\n{}", self.console_tail()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn spawn_console_reader(mut stream: UnixStream, console: Arc<ConsoleBuf>, log_path: PathBuf) {
+    std::thread::spawn(move || {
+        let mut log = std::fs::File::create(&log_path).ok();
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if let Some(f) = log.as_mut() {
+                        let _ = f.write_all(&buf[..n]);
+                    }
+                    let chunk = String::from_utf8_lossy(&buf[..n]).replace('\r', "");
+                    if let Ok(mut t) = console.text.lock() {
+                        t.push_str(&chunk);
+                    }
+                    console.grew.notify_all();
+                }
+            }
+        }
+    });
+}
+
+/// A deterministic pseudo-random byte stream (xorshift), for test data that
+/// the host and guest can both check.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

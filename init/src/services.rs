@@ -1,0 +1,501 @@
+//! The service table: starting units in dependency order, readiness,
+//! output forwarding, the scheme registrar, exits and shutdown.
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use daemon::proto::{Reply, Request};
+use daemon::RootKind;
+use rustix::event::{epoll, PollFd, PollFlags};
+use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+use rustix::process::{Pid, Signal};
+
+use crate::console::{say, OutputSink};
+use crate::system::lookup_user;
+use crate::unit::{Kind, Unit};
+
+/// Where a unit stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// Waiting for what it requires.
+    Waiting,
+    /// Running, not ready yet; failed if not ready by the deadline.
+    Starting(Instant),
+    Ready,
+    /// Ran and ended (a oneshot that succeeded, or a service that stopped).
+    Exited,
+    Failed(String),
+}
+
+pub struct Service {
+    pub unit: Unit,
+    pub state: State,
+    pub pid: Option<Pid>,
+    control: Option<OwnedFd>,
+    output: Option<OwnedFd>,
+    sink: OutputSink,
+    /// Schemes this instance registered, unmounted when it exits.
+    schemes: Vec<String>,
+    stopping: bool,
+}
+
+/// epoll tokens: service index * 2 + channel; the signalfd uses `SIGNAL_TOKEN`.
+pub const SIGNAL_TOKEN: u64 = u64::MAX;
+const CONTROL: u64 = 0;
+const OUTPUT: u64 = 1;
+
+pub struct Services {
+    pub list: Vec<Service>,
+    epoll: OwnedFd,
+    passwd: String,
+    scheme_root: PathBuf,
+    /// Registered scheme name → index of its service.
+    owners: HashMap<String, usize>,
+}
+
+/// Environment every service starts with (plus its unit's `env`).
+const BASE_PATH: &str = "/bin:/sbin:/usr/bin:/usr/sbin";
+
+impl Services {
+    pub fn new(units: Vec<Unit>, epoll: OwnedFd, scheme_root: &Path) -> Services {
+        let list = units
+            .into_iter()
+            .map(|unit| Service {
+                sink: OutputSink::new(&unit.name),
+                unit,
+                state: State::Waiting,
+                pid: None,
+                control: None,
+                output: None,
+                schemes: Vec::new(),
+                stopping: false,
+            })
+            .collect();
+        Services {
+            list,
+            epoll,
+            passwd: fs::read_to_string("/etc/passwd").unwrap_or_default(),
+            scheme_root: scheme_root.to_owned(),
+            owners: HashMap::new(),
+        }
+    }
+
+    /// Starts every waiting unit whose requirements are ready; fails those
+    /// whose requirements failed. Units are in dependency order, so one pass
+    /// settles everything that can be settled now.
+    pub fn start_eligible(&mut self) {
+        for i in 0..self.list.len() {
+            if self.list[i].state != State::Waiting {
+                continue;
+            }
+            let mut blocked = None;
+            let mut all_ready = true;
+            for dep in &self.list[i].unit.requires {
+                match self.list.iter().find(|s| &s.unit.name == dep).map(|s| &s.state) {
+                    Some(State::Ready) => {}
+                    Some(State::Exited) if self.kind_of(dep) == Some(Kind::Oneshot) => {}
+                    Some(State::Waiting | State::Starting(_)) => all_ready = false,
+                    _ => blocked = Some(dep.clone()),
+                }
+            }
+            if let Some(dep) = blocked {
+                self.fail(i, format!("not started: {dep} is not running"));
+            } else if all_ready {
+                self.spawn(i);
+            }
+        }
+    }
+
+    fn kind_of(&self, name: &str) -> Option<Kind> {
+        self.list.iter().find(|s| s.unit.name == name).map(|s| s.unit.kind)
+    }
+
+    /// True once no unit is waiting or starting.
+    pub fn settled(&self) -> bool {
+        self.list
+            .iter()
+            .all(|s| !matches!(s.state, State::Waiting | State::Starting(_)))
+    }
+
+    /// The nearest readiness deadline, for the event loop's timeout.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.list
+            .iter()
+            .filter_map(|s| match s.state {
+                State::Starting(d) => Some(d),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// Fails every start whose deadline has passed. The process is stopped:
+    /// a daemon that never became ready is not left half-running.
+    pub fn check_deadlines(&mut self, now: Instant) {
+        for i in 0..self.list.len() {
+            if let State::Starting(deadline) = self.list[i].state {
+                if now >= deadline {
+                    let secs = self.list[i].unit.ready_timeout;
+                    self.fail(i, format!("not ready after {secs} s, stopping it"));
+                    if let Some(pid) = self.list[i].pid {
+                        let _ = rustix::process::kill_process(pid, Signal::KILL);
+                    }
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, i: usize, why: String) {
+        say(&format!("service {} failed: {why}", self.list[i].unit.name));
+        self.list[i].state = State::Failed(why);
+    }
+
+    fn spawn(&mut self, i: usize) {
+        match self.try_spawn(i) {
+            Ok(pid) => {
+                let svc = &mut self.list[i];
+                svc.pid = Some(pid);
+                svc.state = if svc.unit.kind == Kind::Simple {
+                    State::Ready
+                } else {
+                    State::Starting(Instant::now() + Duration::from_secs(svc.unit.ready_timeout))
+                };
+                self.check_scheme_ready(i);
+            }
+            Err(e) => self.fail(i, format!("cannot start {}: {e}", self.list[i].unit.command)),
+        }
+    }
+
+    fn try_spawn(&mut self, i: usize) -> std::io::Result<Pid> {
+        let unit = self.list[i].unit.clone();
+        let ids = match &unit.user {
+            None => None,
+            Some(user) => Some(lookup_user(&self.passwd, user).ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::NotFound, format!("no user {user:?} in /etc/passwd"))
+            })?),
+        };
+        let (ours, theirs) = socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )?;
+        // The daemon's end must block: it waits for our replies.
+        rustix::io::ioctl_fionbio(&theirs, false)?;
+        let (out_r, out_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK)?;
+        // The write end is handed to the child as stdout and stderr; it must
+        // block there, or a chatty daemon would see EAGAIN.
+        rustix::io::ioctl_fionbio(&out_w, false)?;
+
+        let mut cmd = Command::new(&unit.command);
+        cmd.args(&unit.args)
+            .env_clear()
+            .env("PATH", BASE_PATH)
+            .env("HOME", "/")
+            .envs(&unit.env)
+            .env(daemon::CONTROL_FD_ENV, "3")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out_w.try_clone()?))
+            .stderr(Stdio::from(out_w));
+        if let Some((uid, gid)) = ids {
+            // std drops supplementary groups when it changes uid as root.
+            cmd.uid(uid).gid(gid);
+        }
+        let control_raw = theirs.as_raw_fd();
+        // SAFETY: the closure runs in the forked child before exec and only
+        // makes async-signal-safe system calls (setsid, dup2/fcntl, prctl); it
+        // allocates nothing and touches no locks.
+        unsafe {
+            cmd.pre_exec(move || {
+                rustix::process::setsid()?;
+                // The control fd is always number 3 in the daemon. dup2 onto
+                // itself would keep CLOEXEC, so clear it in that case.
+                // SAFETY: fd 3 is either ours already or free to be replaced
+                // in this child, which is about to exec.
+                let borrowed = std::os::fd::BorrowedFd::borrow_raw(control_raw);
+                if control_raw == 3 {
+                    rustix::io::fcntl_setfd(borrowed, rustix::io::FdFlags::empty())?;
+                } else {
+                    let mut three = std::os::fd::OwnedFd::from_raw_fd(3);
+                    let r = rustix::io::dup2(borrowed, &mut three);
+                    std::mem::forget(three);
+                    r?;
+                }
+                // No service can gain privileges through exec (setuid files).
+                rustix::thread::set_no_new_privs(true)?;
+                Ok(())
+            });
+        }
+        let child = cmd.spawn()?;
+        drop(cmd); // closes our copies of the child's pipe ends
+        drop(theirs);
+        let pid = Pid::from_child(&child);
+        // The child is reaped through waitpid in the SIGCHLD handler.
+        std::mem::forget(child);
+
+        let base = i as u64 * 2;
+        epoll::add(&self.epoll, &ours, epoll::EventData::new_u64(base + CONTROL), epoll::EventFlags::IN)?;
+        epoll::add(&self.epoll, &out_r, epoll::EventData::new_u64(base + OUTPUT), epoll::EventFlags::IN)?;
+        let svc = &mut self.list[i];
+        svc.control = Some(ours);
+        svc.output = Some(out_r);
+        svc.stopping = false;
+        say(&format!("started {} (pid {})", unit.name, pid.as_raw_nonzero()));
+        Ok(pid)
+    }
+
+    /// Handles readiness of one service channel.
+    pub fn on_event(&mut self, token: u64) {
+        let i = (token / 2) as usize;
+        if i >= self.list.len() {
+            return;
+        }
+        if token % 2 == CONTROL {
+            self.on_control(i);
+        } else {
+            self.on_output(i);
+        }
+    }
+
+    fn on_output(&mut self, i: usize) {
+        let mut buf = [0u8; 4096];
+        loop {
+            let Some(fd) = self.list[i].output.as_ref() else { return };
+            match rustix::io::read(fd, &mut buf) {
+                Ok(0) => {
+                    self.close_output(i);
+                    return;
+                }
+                Ok(n) => self.list[i].sink.feed(&buf[..n]),
+                Err(rustix::io::Errno::AGAIN) => return,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => {
+                    say(&format!("reading output of {}: {e}", self.list[i].unit.name));
+                    self.close_output(i);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn close_output(&mut self, i: usize) {
+        if let Some(fd) = self.list[i].output.take() {
+            let _ = epoll::delete(&self.epoll, &fd);
+        }
+        self.list[i].sink.finish();
+    }
+
+    fn on_control(&mut self, i: usize) {
+        loop {
+            let Some(fd) = self.list[i].control.as_ref() else { return };
+            let (msg, passed) = match daemon::recv_with_fd(fd.as_fd()) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    // Closed: the daemon is gone or does not want to talk.
+                    if let Some(fd) = self.list[i].control.take() {
+                        let _ = epoll::delete(&self.epoll, &fd);
+                    }
+                    return;
+                }
+            };
+            drop(passed); // services never send us descriptors
+            let name = self.list[i].unit.name.clone();
+            match Request::decode(&msg) {
+                Ok(Request::Ready) => self.mark_ready(i),
+                Ok(Request::Register(scheme, kind)) => {
+                    let reply = self.register(i, &scheme, kind);
+                    let Some(control) = self.list[i].control.as_ref() else { return };
+                    let sent = match &reply {
+                        Ok(fuse) => daemon::send_with_fd(control.as_fd(), &Reply::Ok.encode(), Some(fuse.as_fd())),
+                        Err((errno, why)) => {
+                            say(&format!("{name}: refused scheme {scheme:?}: {why}"));
+                            daemon::send_with_fd(control.as_fd(), &Reply::Err(*errno, why.clone()).encode(), None)
+                        }
+                    };
+                    if let Err(e) = sent {
+                        say(&format!("{name}: cannot answer on control channel: {e}"));
+                    }
+                    self.check_scheme_ready(i);
+                }
+                Err(e) => say(&format!("{name}: bad control message: {e}")),
+            }
+        }
+    }
+
+    fn mark_ready(&mut self, i: usize) {
+        if matches!(self.list[i].state, State::Starting(_)) {
+            self.list[i].state = State::Ready;
+            say(&format!("{} is ready", self.list[i].unit.name));
+        }
+    }
+
+    /// A `scheme` unit is ready once each scheme it names exactly is mounted.
+    fn check_scheme_ready(&mut self, i: usize) {
+        let svc = &self.list[i];
+        if svc.unit.kind == Kind::Scheme
+            && svc.unit.literal_schemes().next().is_some()
+            && svc.unit.literal_schemes().all(|s| svc.schemes.iter().any(|r| r == s))
+        {
+            self.mark_ready(i);
+        }
+    }
+
+    /// The scheme registrar: checks the name against the unit, mounts a fresh
+    /// FUSE connection at /scheme/NAME owned by the daemon's uid, and returns
+    /// the fd to pass back.
+    fn register(&mut self, i: usize, scheme: &str, kind: RootKind) -> Result<OwnedFd, (i32, String)> {
+        let unit = &self.list[i].unit;
+        if !unit.allows_scheme(scheme) {
+            return Err((libc_errno(rustix::io::Errno::ACCESS), format!("{} may not register {scheme:?}", unit.name)));
+        }
+        if let Some(&owner) = self.owners.get(scheme) {
+            return Err((
+                libc_errno(rustix::io::Errno::EXIST),
+                format!("scheme {scheme:?} is already served by {}", self.list[owner].unit.name),
+            ));
+        }
+        let (uid, gid) = match &unit.user {
+            None => (0, 0),
+            Some(u) => lookup_user(&self.passwd, u).unwrap_or((0, 0)),
+        };
+        let target = self.scheme_root.join(scheme);
+        let made = match kind {
+            RootKind::Dir => fs::create_dir(&target),
+            RootKind::File => fs::File::create(&target).map(drop),
+        };
+        made.map_err(|e| (e.raw_os_error().unwrap_or(5), format!("cannot create {}: {e}", target.display())))?;
+        let fuse_kind = match kind {
+            RootKind::Dir => scheme::mount::RootKind::Dir,
+            RootKind::File => scheme::mount::RootKind::File,
+        };
+        match scheme::mount::mount_fuse(&target, fuse_kind, uid, gid) {
+            Ok(fd) => {
+                self.owners.insert(scheme.to_owned(), i);
+                self.list[i].schemes.push(scheme.to_owned());
+                say(&format!("scheme {scheme} registered by {}", self.list[i].unit.name));
+                Ok(fd)
+            }
+            Err(e) => {
+                let _ = remove_mountpoint(&target);
+                Err((e.raw_os_error().unwrap_or(5), format!("cannot mount {}: {e}", target.display())))
+            }
+        }
+    }
+
+    /// Accounts for a reaped child. Returns false if it was not a service.
+    pub fn on_exit(&mut self, pid: Pid, status: &str, success: bool) -> bool {
+        let Some(i) = self.list.iter().position(|s| s.pid == Some(pid)) else {
+            return false;
+        };
+        let name = self.list[i].unit.name.clone();
+        self.list[i].pid = None;
+        // Output that was still in the pipe belongs before the exit report.
+        self.on_output(i);
+        self.close_output(i);
+        if let Some(fd) = self.list[i].control.take() {
+            let _ = epoll::delete(&self.epoll, &fd);
+        }
+        for scheme in std::mem::take(&mut self.list[i].schemes) {
+            self.owners.remove(&scheme);
+            let target = self.scheme_root.join(&scheme);
+            let _ = rustix::mount::unmount(&target, rustix::mount::UnmountFlags::DETACH);
+            let _ = remove_mountpoint(&target);
+            say(&format!("scheme {scheme} removed"));
+        }
+        let stopping = self.list[i].stopping;
+        let svc = &mut self.list[i];
+        match (&svc.state, svc.unit.kind) {
+            (State::Starting(_), Kind::Oneshot) if success => {
+                svc.state = State::Exited;
+                say(&format!("{name} finished"));
+            }
+            (State::Starting(_), _) => {
+                self.fail(i, format!("exited during start-up: {status}"));
+            }
+            _ if stopping => {
+                svc.state = State::Exited;
+            }
+            (State::Ready, _) => {
+                // Restart policy comes with the supervisor; for now report it.
+                say(&format!("service {name} exited unexpectedly: {status}"));
+                svc.state = State::Failed(format!("exited: {status}"));
+            }
+            _ => {}
+        }
+        true
+    }
+
+    /// Stops running services in reverse start order, each with SIGTERM and
+    /// then SIGKILL if it has not exited within `grace`.
+    pub fn stop_all(&mut self, grace: Duration) {
+        for i in (0..self.list.len()).rev() {
+            let Some(pid) = self.list[i].pid else { continue };
+            self.list[i].stopping = true;
+            let name = self.list[i].unit.name.clone();
+            say(&format!("stopping {name}"));
+            let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok();
+            if rustix::process::kill_process(pid, Signal::TERM).is_err() {
+                continue;
+            }
+            let exited = pidfd.as_ref().is_some_and(|fd| wait_readable(fd, grace));
+            if !exited {
+                say(&format!("{name} did not stop in {} s, killing it", grace.as_secs()));
+                let _ = rustix::process::kill_process(pid, Signal::KILL);
+                if let Some(fd) = pidfd.as_ref() {
+                    wait_readable(fd, grace);
+                }
+            }
+            if let Ok(Some((_, status))) = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG) {
+                self.on_exit(pid, &describe(status), status.exit_status() == Some(0));
+            }
+        }
+    }
+}
+
+/// Waits until `fd` is readable (a pidfd: the process exited).
+fn wait_readable(fd: &OwnedFd, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ts = rustix::event::Timespec::try_from(left).unwrap_or(rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 });
+        let mut fds = [PollFd::new(fd, PollFlags::IN)];
+        match rustix::event::poll(&mut fds, Some(&ts)) {
+            Ok(n) if n > 0 => return true,
+            Ok(_) => return false,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+fn remove_mountpoint(target: &Path) -> std::io::Result<()> {
+    if target.is_dir() {
+        fs::remove_dir(target)
+    } else {
+        fs::remove_file(target)
+    }
+}
+
+fn libc_errno(e: rustix::io::Errno) -> i32 {
+    e.raw_os_error()
+}
+
+/// "exit status 3" or "killed by signal 11 (SIGSEGV)".
+pub fn describe(status: rustix::process::WaitStatus) -> String {
+    if let Some(code) = status.exit_status() {
+        format!("exit status {code}")
+    } else if let Some(sig) = status.terminating_signal() {
+        let name = nix::sys::signal::Signal::try_from(sig)
+            .map(|s| format!(" ({})", s.as_str()))
+            .unwrap_or_default();
+        format!("killed by signal {sig}{name}")
+    } else {
+        "stopped".to_owned()
+    }
+}

@@ -1,0 +1,285 @@
+//! Service units: `/etc/init.d/*.toml`, one service per file, named after it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// How init knows a service has finished starting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Ready when it sends `ready` on its control fd.
+    Notify,
+    /// Ready when every scheme it lists by exact name is registered (or it
+    /// sends `ready`, for daemons whose scheme names are patterns).
+    Scheme,
+    /// Ready when it exits with status 0; a failure otherwise.
+    Oneshot,
+    /// Ready as soon as it is running.
+    Simple,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Unit {
+    #[serde(skip)]
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub command: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(rename = "type")]
+    pub kind: Kind,
+    /// Services that must be ready before this one starts.
+    #[serde(default)]
+    pub requires: Vec<String>,
+    /// User to run as (from /etc/passwd); root when absent.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Scheme names this service may register; a trailing `*` matches any
+    /// suffix (`disk.*`).
+    #[serde(default)]
+    pub schemes: Vec<String>,
+    /// Start only when the kernel command line has this word (`lab.agent`
+    /// matches `lab.agent` and `lab.agent=…`).
+    #[serde(default)]
+    pub condition_cmdline: Option<String>,
+    /// Seconds to wait for readiness before declaring the start failed.
+    #[serde(default = "default_ready_timeout")]
+    pub ready_timeout: u64,
+}
+
+fn default_ready_timeout() -> u64 {
+    // Generous: under TCG a daemon's start-up runs 10-50x slower than native.
+    60
+}
+
+impl Unit {
+    pub fn parse(name: &str, text: &str) -> Result<Unit, String> {
+        let mut unit: Unit = toml::from_str(text).map_err(|e| e.to_string())?;
+        unit.name = name.to_owned();
+        for pattern in &unit.schemes {
+            let literal = pattern.strip_suffix('*').unwrap_or(pattern);
+            if literal.contains('*') || (!pattern.ends_with('*') && !valid_scheme_name(pattern)) {
+                return Err(format!("bad scheme name {pattern:?}"));
+            }
+        }
+        Ok(unit)
+    }
+
+    /// Whether this unit may register `scheme`.
+    pub fn allows_scheme(&self, scheme: &str) -> bool {
+        valid_scheme_name(scheme)
+            && self.schemes.iter().any(|p| match p.strip_suffix('*') {
+                Some(prefix) => scheme.starts_with(prefix),
+                None => p == scheme,
+            })
+    }
+
+    /// Scheme names listed exactly (not as patterns).
+    pub fn literal_schemes(&self) -> impl Iterator<Item = &str> {
+        self.schemes
+            .iter()
+            .filter(|p| !p.ends_with('*'))
+            .map(String::as_str)
+    }
+
+    pub fn enabled_by(&self, cmdline: &str) -> bool {
+        match &self.condition_cmdline {
+            None => true,
+            Some(word) => cmdline
+                .split_whitespace()
+                .any(|w| w == word || w.strip_prefix(word.as_str()).is_some_and(|r| r.starts_with('='))),
+        }
+    }
+}
+
+/// A scheme name becomes one path component under `/scheme`.
+pub fn valid_scheme_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}
+
+/// Loads every `*.toml` in `dir`. A unit that does not parse is reported and
+/// skipped; it never stops the others.
+pub fn load_dir(dir: &Path) -> (Vec<Unit>, Vec<String>) {
+    let mut units = Vec::new();
+    let mut errors = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            errors.push(format!("{}: {e}", dir.display()));
+            return (units, errors);
+        }
+    };
+    let mut paths: Vec<_> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match fs::read_to_string(&path).map_err(|e| e.to_string()).and_then(|t| Unit::parse(&name, &t)) {
+            Ok(u) => units.push(u),
+            Err(e) => errors.push(format!("{}: {e}", path.display())),
+        }
+    }
+    (units, errors)
+}
+
+/// Orders units so each comes after what it requires. Units with a missing
+/// dependency or in a cycle are returned as errors and left out.
+pub fn order(units: Vec<Unit>) -> (Vec<Unit>, Vec<String>) {
+    let mut by_name: HashMap<String, Unit> = units.into_iter().map(|u| (u.name.clone(), u)).collect();
+    let mut names: Vec<String> = by_name.keys().cloned().collect();
+    names.sort();
+    let mut state: HashMap<String, u8> = HashMap::new(); // 1 visiting, 2 done, 3 bad
+    let mut ordered = Vec::new();
+    let mut errors = Vec::new();
+
+    fn visit(
+        name: &str,
+        by_name: &HashMap<String, Unit>,
+        state: &mut HashMap<String, u8>,
+        ordered: &mut Vec<String>,
+        errors: &mut Vec<String>,
+    ) -> bool {
+        match state.get(name) {
+            Some(2) => return true,
+            Some(1) => {
+                errors.push(format!("{name}: dependency cycle"));
+                return false;
+            }
+            Some(_) => return false,
+            None => {}
+        }
+        let Some(unit) = by_name.get(name) else {
+            return false;
+        };
+        state.insert(name.to_owned(), 1);
+        let mut ok = true;
+        for dep in &unit.requires {
+            if !by_name.contains_key(dep) {
+                errors.push(format!("{name}: requires unknown service {dep:?}"));
+                ok = false;
+            } else if !visit(dep, by_name, state, ordered, errors) {
+                if ok {
+                    errors.push(format!("{name}: not started, {dep} cannot start"));
+                }
+                ok = false;
+            }
+        }
+        state.insert(name.to_owned(), if ok { 2 } else { 3 });
+        if ok {
+            ordered.push(name.to_owned());
+        }
+        ok
+    }
+
+    for name in &names {
+        visit(name, &by_name, &mut state, &mut ordered, &mut errors);
+    }
+    let units = ordered
+        .iter()
+        .filter_map(|n| by_name.remove(n))
+        .collect();
+    (units, errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(name: &str, requires: &[&str]) -> Unit {
+        let deps: Vec<String> = requires.iter().map(|d| format!("{d:?}")).collect();
+        Unit::parse(
+            name,
+            &format!("command = \"/bin/x\"\ntype = \"notify\"\nrequires = [{}]\n", deps.join(",")),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn parses_a_full_unit() {
+        let u = Unit::parse(
+            "fifod",
+            r#"
+description = "FIFO scheme"
+command = "/bin/fifod"
+args = ["-v"]
+env = { RUST_LOG = "debug" }
+type = "scheme"
+user = "fifo"
+schemes = ["fifo", "disk.*"]
+condition_cmdline = "lab.agent"
+ready_timeout = 5
+"#,
+        )
+        .unwrap();
+        assert_eq!(u.kind, Kind::Scheme);
+        assert_eq!(u.user.as_deref(), Some("fifo"));
+        assert!(u.allows_scheme("fifo"));
+        assert!(u.allows_scheme("disk.pci-0000-00-04.0_virtio_blk"));
+        assert!(!u.allows_scheme("fifo2"));
+        assert!(!u.allows_scheme("disk./etc"));
+        assert!(!u.allows_scheme("disk"));
+        assert_eq!(u.literal_schemes().collect::<Vec<_>>(), ["fifo"]);
+        assert_eq!(u.ready_timeout, 5);
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_bad_types() {
+        assert!(Unit::parse("x", "command = \"/bin/x\"\ntype = \"notify\"\nfoo = 1\n").is_err());
+        assert!(Unit::parse("x", "command = \"/bin/x\"\ntype = \"daemon\"\n").is_err());
+        assert!(Unit::parse("x", "type = \"notify\"\n").is_err());
+        assert!(Unit::parse("x", "command = \"/bin/x\"\ntype = \"notify\"\nschemes = [\"a/b\"]\n").is_err());
+        assert!(Unit::parse("x", "command = \"/bin/x\"\ntype = \"notify\"\nschemes = [\"a*b*\"]\n").is_err());
+    }
+
+    #[test]
+    fn cmdline_conditions() {
+        let mut u = unit("a", &[]);
+        assert!(u.enabled_by(""));
+        u.condition_cmdline = Some("lab.agent".into());
+        assert!(u.enabled_by("console=ttyS0 lab.agent=ttyS1"));
+        assert!(u.enabled_by("lab.agent"));
+        assert!(!u.enabled_by("lab.agentx=1 console=ttyS0"));
+    }
+
+    #[test]
+    fn orders_dependencies_first() {
+        let (units, errors) = order(vec![unit("c", &["b"]), unit("b", &["a"]), unit("a", &[])]);
+        assert!(errors.is_empty(), "{errors:?}");
+        let names: Vec<_> = units.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn cycles_and_missing_dependencies_are_left_out() {
+        let (units, errors) = order(vec![
+            unit("a", &["b"]),
+            unit("b", &["a"]),
+            unit("c", &["nope"]),
+            unit("d", &["c"]),
+            unit("e", &[]),
+        ]);
+        let names: Vec<_> = units.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["e"]);
+        assert!(errors.iter().any(|e| e.contains("cycle")), "{errors:?}");
+        assert!(errors.iter().any(|e| e.contains("unknown service \"nope\"")), "{errors:?}");
+        assert!(errors.iter().any(|e| e.starts_with("d:")), "{errors:?}");
+    }
+}

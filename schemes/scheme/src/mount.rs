@@ -1,0 +1,64 @@
+//! Mounting a scheme: the registrar side (init, and the host tests).
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use rustix::fs::{Mode, OFlags};
+use rustix::mount::{MountFlags, UnmountFlags};
+
+/// What the root of a scheme's mount is. The mount point must be of the same
+/// type: a directory for `Dir`, a regular file for `File`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootKind {
+    /// `/scheme/fifo/<name>`: the root is a directory (`rootmode=40000`).
+    Dir,
+    /// `/scheme/null`: the root is a single file (`rootmode=100000`).
+    File,
+}
+
+/// Opens `/dev/fuse` and mounts it on `target`, returning the fd to hand to
+/// the daemon that serves it. The mount's source (shown in
+/// `/proc/self/mounts`) is the scheme name, the last component of `target`.
+///
+/// Options: `allow_other` (every user may open scheme files; the scheme does
+/// its own access checks from the caller's uid/gid), no `default_permissions`
+/// for the same reason, `nosuid,nodev`. Requires `CAP_SYS_ADMIN`.
+pub fn mount_fuse(target: &Path, kind: RootKind, uid: u32, gid: u32) -> io::Result<OwnedFd> {
+    let fd = rustix::fs::open(
+        "/dev/fuse",
+        OFlags::RDWR | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let rootmode = match kind {
+        RootKind::Dir => "40000",
+        RootKind::File => "100000",
+    };
+    let raw = {
+        use std::os::fd::AsRawFd;
+        fd.as_raw_fd()
+    };
+    let data = format!("fd={raw},rootmode={rootmode},user_id={uid},group_id={gid},allow_other");
+    let data = CString::new(data).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let name = target
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| !n.is_empty())
+        .unwrap_or("scheme");
+    rustix::mount::mount(
+        name,
+        target,
+        "fuse",
+        MountFlags::NOSUID | MountFlags::NODEV,
+        data.as_c_str(),
+    )?;
+    Ok(fd)
+}
+
+/// Lazily unmounts `target` (`MNT_DETACH`): the mount disappears from the
+/// namespace now and the connection ends once open files are closed.
+pub fn unmount(target: &Path) -> io::Result<()> {
+    rustix::mount::unmount(target, UnmountFlags::DETACH)?;
+    Ok(())
+}

@@ -1,0 +1,788 @@
+//! The FUSE runtime: reads requests from a non-blocking `/dev/fuse` fd,
+//! calls the [`Scheme`], answers, parks what cannot finish and sends poll
+//! notifications. Single-threaded; the daemon owns the event loop.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use log::{debug, warn};
+use rustix::event::{PollFd, PollFlags};
+use rustix::fs::OFlags;
+use rustix::io::Errno;
+use syscall::error::{EAGAIN, EBADF, EINTR, EINVAL, EIO, ENOENT, ENOSYS, ENOTTY, EPROTO, EWOULDBLOCK};
+use syscall::flag::{EventFlags, MODE_DIR, MODE_TYPE, O_DIRECTORY, O_NONBLOCK, O_WRONLY};
+use zerocopy::{FromBytes, Immutable, IntoBytes};
+
+use crate::abi::{self, *};
+use crate::convert::{self, linux};
+use crate::nodes::{join, Nodes};
+use crate::{CallerCtx, DirentBuf, DirentKind, Error, Result, Scheme, Stat};
+
+/// What [`Server::process`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Keep serving.
+    Running,
+    /// The mount is gone (the fd reads `ENODEV`): the daemon should exit.
+    Unmounted,
+}
+
+/// A read or write that returned `EAGAIN` on a blocking file.
+struct Parked {
+    unique: u64,
+    fh: u64,
+    ctx: CallerCtx,
+    op: ParkedOp,
+}
+
+enum ParkedOp {
+    Read { offset: u64, size: usize, fcntl: u32 },
+    Write { offset: u64, data: Vec<u8>, fcntl: u32 },
+}
+
+/// A kernel poll handle waiting for readiness changes on one open file.
+struct Poller {
+    fh: u64,
+    events: EventFlags,
+    /// Readiness last reported or observed; a notification goes out when
+    /// a flag appears that was not in here.
+    last: EventFlags,
+    ctx: CallerCtx,
+}
+
+/// Serves one [`Scheme`] on one FUSE connection.
+pub struct Server<S: Scheme> {
+    fd: OwnedFd,
+    scheme: S,
+    rbuf: Vec<u8>,
+    iobuf: Vec<u8>,
+    nodes: Nodes,
+    parked: VecDeque<Parked>,
+    pollers: BTreeMap<u64, Poller>,
+    /// Negotiated minor version; before INIT (e.g. a restarted daemon on an
+    /// already initialised connection) we assume our own.
+    minor: u32,
+}
+
+impl<S: Scheme> AsFd for Server<S> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl<S: Scheme> Server<S> {
+    /// Takes a `/dev/fuse` fd (mounted by the registrar) and makes it
+    /// non-blocking. Does not block: INIT is just the first request.
+    pub fn new(fd: OwnedFd, scheme: S) -> io::Result<Server<S>> {
+        let fl = rustix::fs::fcntl_getfl(&fd)?;
+        rustix::fs::fcntl_setfl(&fd, fl | OFlags::NONBLOCK)?;
+        Ok(Server {
+            fd,
+            scheme,
+            rbuf: vec![0; REQUEST_BUFFER_SIZE],
+            iobuf: vec![0; MAX_WRITE],
+            nodes: Nodes::new(),
+            parked: VecDeque::new(),
+            pollers: BTreeMap::new(),
+            minor: KERNEL_MINOR_VERSION,
+        })
+    }
+
+    pub fn scheme(&self) -> &S {
+        &self.scheme
+    }
+
+    pub fn scheme_mut(&mut self) -> &mut S {
+        &mut self.scheme
+    }
+
+    /// Number of parked requests (diagnostics and tests).
+    pub fn parked(&self) -> usize {
+        self.parked.len()
+    }
+
+    /// Number of poll handles waiting for notifications.
+    pub fn pollers(&self) -> usize {
+        self.pollers.len()
+    }
+
+    /// Handles every request available now, then retries parked requests
+    /// and sends poll notifications. Call when the fd is readable.
+    pub fn process(&mut self) -> io::Result<Status> {
+        loop {
+            match rustix::io::read(&self.fd, &mut self.rbuf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    // Take the buffer out so handlers can borrow `self`.
+                    let rbuf = std::mem::take(&mut self.rbuf);
+                    self.handle(&rbuf[..n.min(rbuf.len())]);
+                    self.rbuf = rbuf;
+                    // Retry after every request, so a parked reader is
+                    // served before a newer one (FIFO fairness).
+                    self.wake();
+                }
+                Err(Errno::AGAIN) => break,
+                // ENOENT: the request was interrupted before we got it.
+                Err(Errno::INTR) | Err(Errno::NOENT) => continue,
+                Err(Errno::NODEV) => return Ok(Status::Unmounted),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.wake();
+        Ok(Status::Running)
+    }
+
+    /// Retries parked requests (oldest first) and re-checks poll waiters.
+    /// Call after any event that may have changed the scheme's state from
+    /// outside a request (an IRQ, a timer).
+    pub fn wake(&mut self) {
+        self.retry_parked();
+        self.check_pollers();
+    }
+
+    /// Blocking convenience loop: serves until the mount goes away.
+    pub fn run(mut self) -> io::Result<()> {
+        loop {
+            if self.process()? == Status::Unmounted {
+                return Ok(());
+            }
+            let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
+            match rustix::event::poll(&mut fds, None) {
+                Ok(_) | Err(Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    // ---- transport ----
+
+    fn send(&self, unique: u64, error: i32, parts: &[&[u8]]) {
+        let len = std::mem::size_of::<OutHeader>() + parts.iter().map(|p| p.len()).sum::<usize>();
+        let header = OutHeader {
+            len: len as u32,
+            error,
+            unique,
+        };
+        let mut iov = Vec::with_capacity(parts.len() + 1);
+        iov.push(IoSlice::new(header.as_bytes()));
+        iov.extend(parts.iter().map(|p| IoSlice::new(p)));
+        match rustix::io::writev(&self.fd, &iov) {
+            Ok(_) => {}
+            // The caller is gone (killed, or the request was aborted).
+            Err(Errno::NOENT) => debug!("fuse: reply to {unique} dropped: request gone"),
+            Err(e) => warn!("fuse: reply to {unique} failed: {e}"),
+        }
+    }
+
+    fn reply<T: IntoBytes + Immutable>(&self, unique: u64, out: &T) {
+        self.send(unique, 0, &[out.as_bytes()]);
+    }
+
+    fn reply_empty(&self, unique: u64) {
+        self.send(unique, 0, &[]);
+    }
+
+    fn reply_err(&self, unique: u64, errno: i32) {
+        self.send(unique, -convert::errno_to_linux(errno), &[]);
+    }
+
+    // ---- dispatch ----
+
+    fn handle(&mut self, bytes: &[u8]) {
+        let req = match Request::parse(bytes) {
+            Ok(req) => req,
+            Err(ParseError::NoHeader) => {
+                warn!("fuse: dropped a {}-byte request without a header", bytes.len());
+                return;
+            }
+            Err(ParseError::BadLength { header }) => {
+                warn!(
+                    "fuse: request {} (opcode {}) says {} bytes, read {}",
+                    header.unique,
+                    header.opcode,
+                    header.len,
+                    bytes.len()
+                );
+                self.reply_err(header.unique, EIO);
+                return;
+            }
+        };
+        let h = req.header;
+        let ctx = CallerCtx {
+            uid: h.uid,
+            gid: h.gid,
+            pid: h.pid,
+        };
+        let res = match h.opcode {
+            FUSE_INIT => self.op_init(&req),
+            FUSE_DESTROY => {
+                self.reply_empty(h.unique);
+                Ok(())
+            }
+            FUSE_LOOKUP => self.op_lookup(&req, &ctx),
+            FUSE_FORGET => {
+                if let Some((f, _)) = req.arg::<ForgetIn>() {
+                    self.nodes.forget(h.nodeid, f.nlookup);
+                }
+                Ok(())
+            }
+            FUSE_BATCH_FORGET => {
+                self.op_batch_forget(&req);
+                Ok(())
+            }
+            FUSE_GETATTR => self.op_getattr(&req, &ctx),
+            FUSE_SETATTR => self.op_setattr(&req, &ctx),
+            FUSE_OPEN => self.op_open(&req, &ctx, false),
+            FUSE_OPENDIR => self.op_open(&req, &ctx, true),
+            FUSE_CREATE => self.op_create(&req, &ctx),
+            FUSE_READ => self.op_read(&req, &ctx),
+            FUSE_WRITE => self.op_write(&req, &ctx),
+            FUSE_FLUSH => {
+                self.reply_empty(h.unique);
+                Ok(())
+            }
+            FUSE_RELEASE | FUSE_RELEASEDIR => self.op_release(&req),
+            FUSE_FSYNC | FUSE_FSYNCDIR => match req.arg::<FsyncIn>() {
+                Some((f, _)) => self
+                    .scheme
+                    .fsync(f.fh as usize, &ctx)
+                    .map(|()| self.reply_empty(h.unique)),
+                None => Err(Error::new(EINVAL)),
+            },
+            FUSE_READDIR => self.op_readdir(&req, &ctx),
+            FUSE_STATFS => {
+                let st = Kstatfs {
+                    bsize: 4096,
+                    frsize: 4096,
+                    namelen: 255,
+                    ..Default::default()
+                };
+                self.reply(h.unique, &st);
+                Ok(())
+            }
+            FUSE_ACCESS => match self.nodes.path(h.nodeid) {
+                // Access is decided at open by the scheme, from the caller.
+                Some(_) => {
+                    self.reply_empty(h.unique);
+                    Ok(())
+                }
+                None => Err(Error::new(ENOENT)),
+            },
+            FUSE_IOCTL => self.op_ioctl(&req, &ctx),
+            FUSE_POLL => self.op_poll(&req, &ctx),
+            FUSE_INTERRUPT => {
+                self.op_interrupt(&req);
+                Ok(())
+            }
+            op => {
+                debug!("fuse: opcode {op} not implemented");
+                Err(Error::new(ENOSYS))
+            }
+        };
+        if let Err(e) = res {
+            self.reply_err(h.unique, e.errno);
+        }
+    }
+
+    fn path_of(&self, nodeid: u64) -> Result<String> {
+        self.nodes
+            .path(nodeid)
+            .map(str::to_owned)
+            .ok_or(Error::new(ENOENT))
+    }
+
+    fn op_init(&mut self, req: &Request<'_>) -> Result<()> {
+        let (init, _) = req.arg::<InitIn>().ok_or(Error::new(EINVAL))?;
+        let unique = req.header.unique;
+        if init.major < KERNEL_VERSION {
+            warn!("fuse: kernel protocol {}.{} is too old", init.major, init.minor);
+            return Err(Error::new(EPROTO));
+        }
+        if init.major > KERNEL_VERSION {
+            // The kernel retries INIT with our major.
+            let out = InitOut {
+                major: KERNEL_VERSION,
+                minor: KERNEL_MINOR_VERSION,
+                ..Default::default()
+            };
+            self.reply(unique, &out);
+            return Ok(());
+        }
+        self.minor = init.minor.min(KERNEL_MINOR_VERSION);
+        let out = InitOut {
+            major: KERNEL_VERSION,
+            minor: self.minor,
+            max_readahead: init.max_readahead,
+            flags: init.flags & (FUSE_ATOMIC_O_TRUNC | FUSE_BIG_WRITES | FUSE_MAX_PAGES),
+            max_background: 16,
+            congestion_threshold: 12,
+            max_write: MAX_WRITE as u32,
+            time_gran: 1,
+            max_pages: MAX_PAGES,
+            ..Default::default()
+        };
+        // Before 7.23 the reply ended after max_write.
+        let bytes = out.as_bytes();
+        let len = if self.minor < 23 { 24 } else { bytes.len() };
+        self.send(unique, 0, &[&bytes[..len]]);
+        Ok(())
+    }
+
+    fn child_path(&self, req: &Request<'_>, name: &[u8]) -> Result<String> {
+        let parent = self.path_of(req.header.nodeid)?;
+        let name = std::str::from_utf8(name).map_err(|_| Error::new(ENOENT))?;
+        join(&parent, name).ok_or(Error::new(ENOENT))
+    }
+
+    fn entry_out(&mut self, path: &str, stat: &Stat) -> EntryOut {
+        let id = self.nodes.lookup(path);
+        // Validity 0: device state changes under the kernel, never cache.
+        EntryOut {
+            nodeid: id,
+            attr: attr_from_stat(stat, id),
+            ..Default::default()
+        }
+    }
+
+    fn op_lookup(&mut self, req: &Request<'_>, ctx: &CallerCtx) -> Result<()> {
+        let name = c_name(req.body).ok_or(Error::new(EINVAL))?;
+        let path = self.child_path(req, name)?;
+        let mut stat = Stat::default();
+        self.scheme.stat_path(&path, &mut stat, ctx)?;
+        let out = self.entry_out(&path, &stat);
+        self.reply(req.header.unique, &out);
+        Ok(())
+    }
+
+    fn op_batch_forget(&mut self, req: &Request<'_>) {
+        let Some((b, mut rest)) = req.arg::<BatchForgetIn>() else {
+            warn!("fuse: short BATCH_FORGET");
+            return;
+        };
+        for _ in 0..b.count {
+            let Ok((one, tail)) = ForgetOne::read_from_prefix(rest) else {
+                warn!("fuse: BATCH_FORGET shorter than its count");
+                return;
+            };
+            self.nodes.forget(one.nodeid, one.nlookup);
+            rest = tail;
+        }
+    }
+
+    fn attr_out(&self, nodeid: u64, stat: &Stat) -> AttrOut {
+        AttrOut {
+            attr: attr_from_stat(stat, nodeid),
+            ..Default::default()
+        }
+    }
+
+    fn op_getattr(&mut self, req: &Request<'_>, ctx: &CallerCtx) -> Result<()> {
+        let h = req.header;
+        let mut stat = Stat::default();
+        match req.arg::<GetattrIn>() {
+            Some((g, _)) if g.getattr_flags & FUSE_GETATTR_FH != 0 => {
+                self.scheme.fstat(g.fh as usize, &mut stat, ctx)?
+            }
+            _ => {
+                let path = self.path_of(h.nodeid)?;
+                self.scheme.stat_path(&path, &mut stat, ctx)?
+            }
+        }
+        let out = self.attr_out(h.nodeid, &stat);
+        self.reply(h.unique, &out);
+        Ok(())
+    }
+
+    fn op_setattr(&mut self, req: &Request<'_>, ctx: &CallerCtx) -> Result<()> {
+        let h = req.header;
+        let (s, _) = req.arg::<SetattrIn>().ok_or(Error::new(EINVAL))?;
+        let with_fh = s.valid & FATTR_FH != 0;
+        let path = self.path_of(h.nodeid)?;
+        // Only the size means something to a scheme; mode, owner and times
+        // are accepted and ignored so that tools like `touch` work.
+        if s.valid & FATTR_SIZE != 0 {
+            if with_fh {
+                self.scheme.ftruncate(s.fh as usize, s.size, ctx)?;
+            } else {
+                let opened = self.scheme.openat(&path, O_WRONLY, ctx)?;
+                let res = self.scheme.ftruncate(opened.id, s.size, ctx);
+                self.scheme.on_close(opened.id);
+                res?;
+            }
+        }
+        let mut stat = Stat::default();
+        if with_fh {
+            self.scheme.fstat(s.fh as usize, &mut stat, ctx)?;
+        } else {
+            self.scheme.stat_path(&path, &mut stat, ctx)?;
+        }
+        let out = self.attr_out(h.nodeid, &stat);
+        self.reply(h.unique, &out);
+        Ok(())
+    }
+
+    fn open_out(opened: crate::OpenResult, dir: bool) -> OpenOut {
+        let mut open_flags = 0;
+        if !dir {
+            // Device data is never cached by the kernel.
+            open_flags |= FOPEN_DIRECT_IO;
+            if opened.stream {
+                open_flags |= FOPEN_NONSEEKABLE | FOPEN_STREAM;
+            }
+        }
+        OpenOut {
+            fh: opened.id as u64,
+            open_flags,
+            padding: 0,
+        }
+    }
+
+    fn op_open(&mut self, req: &Request<'_>, ctx: &CallerCtx, dir: bool) -> Result<()> {
+        let (o, _) = req.arg::<OpenIn>().ok_or(Error::new(EINVAL))?;
+        let path = self.path_of(req.header.nodeid)?;
+        let mut flags = convert::open_flags_from_linux(o.flags);
+        if dir {
+            flags |= O_DIRECTORY;
+        }
+        let opened = self.scheme.openat(&path, flags, ctx)?;
+        self.reply(req.header.unique, &Self::open_out(opened, dir));
+        Ok(())
+    }
+
+    fn op_create(&mut self, req: &Request<'_>, ctx: &CallerCtx) -> Result<()> {
+        let (c, rest) = req.arg::<CreateIn>().ok_or(Error::new(EINVAL))?;
+        let name = c_name(rest).ok_or(Error::new(EINVAL))?;
+        let path = self.child_path(req, name)?;
+        let flags = convert::open_flags_from_linux(c.flags) | syscall::flag::O_CREAT;
+        let opened = self.scheme.openat(&path, flags, ctx)?;
+        let mut stat = Stat::default();
+        if let Err(e) = self.scheme.fstat(opened.id, &mut stat, ctx) {
+            self.scheme.on_close(opened.id);
+            return Err(e);
+        }
+        let entry = self.entry_out(&path, &stat);
+        let open = Self::open_out(opened, false);
+        self.send(req.header.unique, 0, &[entry.as_bytes(), open.as_bytes()]);
+        Ok(())
+    }
+
+    fn op_read(&mut self, req: &Request<'_>, ctx: &CallerCtx) -> Result<()> {
+        let (r, _) = req.arg::<ReadIn>().ok_or(Error::new(EINVAL))?;
+        let p = Parked {
+            unique: req.header.unique,
+            fh: r.fh,
+            ctx: *ctx,
+            op: ParkedOp::Read {
+                offset: r.offset,
+                // The kernel never asks for more than max_pages; a larger
+                // size just gets a short read.
+                size: (r.size as usize).min(MAX_WRITE),
+                fcntl: convert::fcntl_flags_from_linux(r.flags),
+            },
+        };
+        if !self.attempt(&p, None) {
+            self.parked.push_back(p);
+        }
+        Ok(())
+    }
+
+    fn op_write(&mut self, req: &Request<'_>, ctx: &CallerCtx) -> Result<()> {
+        let (w, data) = req.arg::<WriteIn>().ok_or(Error::new(EINVAL))?;
+        let data = data.get(..w.size as usize).ok_or(Error::new(EINVAL))?;
+        let fcntl = convert::fcntl_flags_from_linux(w.flags);
+        let mut p = Parked {
+            unique: req.header.unique,
+            fh: w.fh,
+            ctx: *ctx,
+            op: ParkedOp::Write {
+                offset: w.offset,
+                data: Vec::new(),
+                fcntl,
+            },
+        };
+        // First try straight from the request buffer; copy only to park.
+        if !self.attempt(&p, Some(data)) {
+            if let ParkedOp::Write { data: d, .. } = &mut p.op {
+                *d = data.to_vec();
+            }
+            self.parked.push_back(p);
+        }
+        Ok(())
+    }
+
+    /// Runs a read or write once. Returns `true` when it was answered
+    /// (data or error), `false` when it must stay parked.
+    fn attempt(&mut self, p: &Parked, write_data: Option<&[u8]>) -> bool {
+        let (res, fcntl) = match &p.op {
+            ParkedOp::Read {
+                offset,
+                size,
+                fcntl,
+            } => {
+                let size = (*size).min(self.iobuf.len());
+                let buf = &mut self.iobuf[..size];
+                let res = self
+                    .scheme
+                    .read(p.fh as usize, buf, *offset, *fcntl, &p.ctx)
+                    .and_then(|n| if n <= size { Ok(n) } else { Err(Error::new(EIO)) });
+                (res, *fcntl)
+            }
+            ParkedOp::Write {
+                offset,
+                data,
+                fcntl,
+            } => {
+                let data = write_data.unwrap_or(data);
+                let res = self
+                    .scheme
+                    .write(p.fh as usize, data, *offset, *fcntl, &p.ctx)
+                    .and_then(|n| if n <= data.len() { Ok(n) } else { Err(Error::new(EIO)) });
+                (res, *fcntl)
+            }
+        };
+        match res {
+            Ok(n) => {
+                match p.op {
+                    ParkedOp::Read { .. } => self.send(p.unique, 0, &[&self.iobuf[..n]]),
+                    ParkedOp::Write { .. } => self.reply(
+                        p.unique,
+                        &WriteOut {
+                            size: n as u32,
+                            padding: 0,
+                        },
+                    ),
+                }
+                true
+            }
+            Err(e)
+                if (e.errno == EAGAIN || e.errno == EWOULDBLOCK)
+                    && fcntl & O_NONBLOCK as u32 == 0 =>
+            {
+                false
+            }
+            Err(e) => {
+                self.reply_err(p.unique, e.errno);
+                true
+            }
+        }
+    }
+
+    fn retry_parked(&mut self) {
+        // Repeat while something completes: a finished write may unblock a
+        // read queued before it.
+        loop {
+            let mut progress = false;
+            let mut i = 0;
+            while i < self.parked.len() {
+                let Some(p) = self.parked.remove(i) else {
+                    break;
+                };
+                if self.attempt(&p, None) {
+                    progress = true;
+                } else {
+                    self.parked.insert(i, p);
+                    i += 1;
+                }
+            }
+            if !progress {
+                break;
+            }
+        }
+    }
+
+    fn op_interrupt(&mut self, req: &Request<'_>) {
+        let Some((i, _)) = req.arg::<InterruptIn>() else {
+            warn!("fuse: short INTERRUPT");
+            return;
+        };
+        // Unknown uniques were answered already: nothing to do. The
+        // interrupt itself never gets a reply (ENOSYS would disable
+        // interrupts for the whole connection).
+        if let Some(pos) = self.parked.iter().position(|p| p.unique == i.unique) {
+            if let Some(p) = self.parked.remove(pos) {
+                debug!("fuse: parked request {} interrupted", p.unique);
+                self.reply_err(p.unique, EINTR);
+            }
+        }
+    }
+
+    fn op_release(&mut self, req: &Request<'_>) -> Result<()> {
+        let (r, _) = req.arg::<ReleaseIn>().ok_or(Error::new(EINVAL))?;
+        let mut i = 0;
+        while i < self.parked.len() {
+            if self.parked[i].fh == r.fh {
+                if let Some(p) = self.parked.remove(i) {
+                    self.reply_err(p.unique, EBADF);
+                }
+            } else {
+                i += 1;
+            }
+        }
+        self.pollers.retain(|_, p| p.fh != r.fh);
+        self.scheme.on_close(r.fh as usize);
+        self.reply_empty(req.header.unique);
+        Ok(())
+    }
+
+    fn op_readdir(&mut self, req: &Request<'_>, ctx: &CallerCtx) -> Result<()> {
+        let (r, _) = req.arg::<ReadIn>().ok_or(Error::new(EINVAL))?;
+        let dir = self.path_of(req.header.nodeid)?;
+        let size = (r.size as usize).min(MAX_WRITE);
+        let mut buf = DirentBuf::new(size);
+        self.scheme.getdents(r.fh as usize, &mut buf, r.offset, ctx)?;
+        let mut out = Vec::with_capacity(size.min(64 * 1024));
+        for (name, kind, next) in &buf.entries {
+            let path = join(&dir, name);
+            let ino = path
+                .as_deref()
+                .and_then(|p| self.nodes.id_of(p))
+                .unwrap_or_else(|| synthetic_ino(path.as_deref().unwrap_or(name)));
+            let typ = match kind {
+                DirentKind::Directory => linux::DT_DIR,
+                DirentKind::Unspecified => linux::DT_UNKNOWN,
+                // Everything else is presented as a regular file (see attr).
+                _ => linux::DT_REG,
+            };
+            let d = Dirent {
+                ino,
+                off: *next,
+                namelen: name.len() as u32,
+                typ,
+            };
+            let start = out.len();
+            out.extend_from_slice(d.as_bytes());
+            out.extend_from_slice(name.as_bytes());
+            out.resize(start + abi::dirent_size(name.len()), 0);
+        }
+        self.send(req.header.unique, 0, &[&out]);
+        Ok(())
+    }
+
+    fn op_ioctl(&mut self, req: &Request<'_>, ctx: &CallerCtx) -> Result<()> {
+        let (io, data) = req.arg::<IoctlIn>().ok_or(Error::new(EINVAL))?;
+        if io.flags & FUSE_IOCTL_UNRESTRICTED != 0 {
+            // Only CUSE sends these; never for a mounted file system.
+            return Err(Error::new(ENOTTY));
+        }
+        let in_size = io.in_size as usize;
+        let out_size = io.out_size as usize;
+        if in_size > data.len() || out_size > MAX_WRITE {
+            return Err(Error::new(EINVAL));
+        }
+        let mut payload = vec![0u8; in_size.max(out_size)];
+        payload[..in_size].copy_from_slice(&data[..in_size]);
+        let res = self
+            .scheme
+            .call(io.fh as usize, &mut payload, &[u64::from(io.cmd), io.arg], ctx);
+        let value = match res {
+            Ok(v) => v,
+            // ENOSYS would make the kernel give up on ioctl for the mount.
+            Err(e) if e.errno == ENOSYS => return Err(Error::new(ENOTTY)),
+            Err(e) => return Err(e),
+        };
+        let out = IoctlOut {
+            result: i32::try_from(value).unwrap_or(i32::MAX),
+            ..Default::default()
+        };
+        self.send(req.header.unique, 0, &[out.as_bytes(), &payload[..out_size]]);
+        Ok(())
+    }
+
+    fn op_poll(&mut self, req: &Request<'_>, ctx: &CallerCtx) -> Result<()> {
+        let (p, _) = req.arg::<PollIn>().ok_or(Error::new(EINVAL))?;
+        let mut events = convert::events_from_poll(p.events);
+        if p.flags & FUSE_POLL_SCHEDULE_NOTIFY != 0 {
+            if let Some(old) = self.pollers.get(&p.kh) {
+                if old.fh == p.fh {
+                    events |= old.events;
+                }
+            }
+        }
+        let ready = match self.scheme.fevent(p.fh as usize, events, ctx) {
+            Ok(r) => r & events,
+            // ENOSYS would disable poll for the whole mount: report ready.
+            Err(e) if e.errno == ENOSYS => events,
+            Err(e) => return Err(e),
+        };
+        if p.flags & FUSE_POLL_SCHEDULE_NOTIFY != 0 {
+            self.pollers.insert(
+                p.kh,
+                Poller {
+                    fh: p.fh,
+                    events,
+                    last: ready,
+                    ctx: *ctx,
+                },
+            );
+        }
+        let out = PollOut {
+            revents: convert::poll_from_events(ready, p.events),
+            padding: 0,
+        };
+        self.reply(req.header.unique, &out);
+        Ok(())
+    }
+
+    fn check_pollers(&mut self) {
+        let mut wake = Vec::new();
+        for (&kh, p) in self.pollers.iter_mut() {
+            match self.scheme.fevent(p.fh as usize, p.events, &p.ctx) {
+                Ok(r) => {
+                    let r = r & p.events;
+                    if !(r - p.last).is_empty() {
+                        wake.push(kh);
+                    }
+                    p.last = r;
+                }
+                // Let the poller come back and collect the error.
+                Err(_) => wake.push(kh),
+            }
+        }
+        for kh in wake {
+            let n = NotifyPollWakeupOut { kh };
+            self.send(0, FUSE_NOTIFY_POLL, &[n.as_bytes()]);
+        }
+    }
+}
+
+/// Regular file or directory, never a device: with `S_IFCHR` the VFS would
+/// route opens to a device driver instead of to us.
+fn attr_from_stat(stat: &Stat, ino: u64) -> Attr {
+    let is_dir = stat.st_mode & MODE_TYPE == MODE_DIR;
+    let kind = if is_dir { linux::S_IFDIR } else { linux::S_IFREG };
+    Attr {
+        ino,
+        size: stat.st_size,
+        blocks: stat.st_blocks,
+        atime: stat.st_atime,
+        mtime: stat.st_mtime,
+        ctime: stat.st_ctime,
+        atimensec: stat.st_atime_nsec,
+        mtimensec: stat.st_mtime_nsec,
+        ctimensec: stat.st_ctime_nsec,
+        mode: kind | u32::from(stat.st_mode & 0o7777),
+        nlink: stat.st_nlink.max(if is_dir { 2 } else { 1 }),
+        uid: stat.st_uid,
+        gid: stat.st_gid,
+        rdev: 0,
+        blksize: if stat.st_blksize == 0 {
+            4096
+        } else {
+            stat.st_blksize
+        },
+        flags: 0,
+    }
+}
+
+/// A stable, non-zero inode number for a directory entry the kernel has not
+/// looked up yet (some tools skip entries with inode 0).
+fn synthetic_ino(path: &str) -> u64 {
+    // FNV-1a, top bit set so it never collides with our small counters.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in path.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h | (1 << 63)
+}

@@ -1,0 +1,59 @@
+//! `make run`: boots the image with the default device set and the console
+//! (multiplexed with QEMU's monitor: Ctrl-A c) on this terminal.
+//!
+//! Environment: `DISK` (raw image used as the first virtio-blk disk; default
+//! build/scratch.img, created empty at 64 MiB), `QEMU_ARGS` (appended,
+//! split on whitespace), `QMP` (socket path; default build/qmp.sock).
+
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn main() {
+    let root = lab::workspace_root();
+    let image = lab::image_dir();
+    let disk = std::env::var_os("DISK")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("build/scratch.img"));
+    if !disk.exists() {
+        let made = std::fs::File::create(&disk).and_then(|f| f.set_len(64 << 20));
+        if let Err(e) = made {
+            eprintln!("lab-run: cannot create {}: {e}", disk.display());
+            std::process::exit(1);
+        }
+    }
+    let qmp = std::env::var_os("QMP")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("build/qmp.sock"));
+    let mut args = lab::machine_args(1024, 2);
+    args.extend([
+        "-kernel".into(),
+        image.join("vmlinuz").display().to_string(),
+        "-initrd".into(),
+        image.join("initfs.cpio.gz").display().to_string(),
+        "-append".into(),
+        lab::kernel_cmdline(&[]),
+        "-serial".into(),
+        "mon:stdio".into(),
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", qmp.display()),
+        // The first disk, served by virtio-blkd once pcid and the driver
+        // exist; two empty root ports to hot-plug into (ids rp1, rp2).
+        "-drive".into(),
+        format!("file={},if=none,id=disk0,format=raw", disk.display()),
+        "-device".into(),
+        "virtio-blk-pci,drive=disk0,id=vblk0".into(),
+        "-device".into(),
+        "pcie-root-port,id=rp1,chassis=1,slot=1".into(),
+        "-device".into(),
+        "pcie-root-port,id=rp2,chassis=2,slot=2".into(),
+    ]);
+    if let Ok(extra) = std::env::var("QEMU_ARGS") {
+        args.extend(extra.split_whitespace().map(str::to_owned));
+    }
+    eprintln!("lab-run: QMP socket at {}; Ctrl-A x quits, Ctrl-A c is the monitor", qmp.display());
+    let err = Command::new("qemu-system-x86_64").args(&args).exec();
+    eprintln!("lab-run: cannot start qemu-system-x86_64: {err}");
+    std::process::exit(1);
+}

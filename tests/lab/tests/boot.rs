@@ -1,0 +1,67 @@
+//! Boot: the image comes up under our init with every service ready, the
+//! scheme daemons run unprivileged, and `poweroff` ends QEMU by itself.
+
+use std::time::Duration;
+
+use lab::{Config, Vm};
+
+#[test]
+#[ignore = "boots QEMU: run through `make test`"]
+fn boot_schemes_and_poweroff() -> lab::Result<()> {
+    let mut vm = Vm::boot(Config::new("boot"))?;
+    let console = vm.console();
+    let banner = console
+        .lines()
+        .find(|l| l.contains(lab::READY_BANNER))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!banner.contains("failed"), "a service failed: {banner}");
+    eprintln!("boot: {banner}; {:.1} s wall from QEMU start", vm.boot_wall);
+
+    // Our init is PID 1.
+    let comm = vm.ok("cat /proc/1/comm")?;
+    assert_eq!(comm.trim(), "init");
+
+    let schemes = vm.ok("ls /scheme")?;
+    let mut names: Vec<&str> = schemes.split_whitespace().collect();
+    names.sort();
+    assert_eq!(names, ["fifo", "null", "rand", "zero"]);
+
+    // The kernel modules init loaded from the image.
+    let modules = vm.ok("cut -d' ' -f1 /proc/modules")?;
+    for m in ["fuse", "vfio", "vfio_pci", "vfio_iommu_type1"] {
+        assert!(modules.lines().any(|l| l == m), "module {m} not loaded: {modules}");
+    }
+
+    // Every scheme daemon runs as its own non-root uid with no capabilities
+    // and cannot gain any through exec.
+    for (daemon, user) in [("nulld", 100), ("zerod", 101), ("randd", 102), ("fifod", 103)] {
+        let status = vm.ok(&format!("cat /proc/$(pidof {daemon})/status"))?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.split_whitespace().collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        assert_eq!(field("Uid:"), vec![user.to_string(); 4], "{daemon} uids");
+        assert_eq!(field("Gid:"), vec![user.to_string(); 4], "{daemon} gids");
+        assert_eq!(field("Groups:"), Vec::<String>::new(), "{daemon} groups");
+        for cap in ["CapPrm:", "CapEff:", "CapInh:", "CapAmb:"] {
+            assert_eq!(field(cap), ["0000000000000000"], "{daemon} {cap}");
+        }
+        assert_eq!(field("NoNewPrivs:"), ["1"], "{daemon} no_new_privs");
+    }
+
+    // Each service's output is kept in a log any user can read.
+    let logs = vm.ok("ls /var/log")?;
+    for log in ["init.log", "fifo.log", "null.log"] {
+        assert!(logs.contains(log), "missing /var/log/{log}: {logs}");
+    }
+    let init_log = vm.ok("cat /var/log/init.log")?;
+    assert!(init_log.contains("scheme fifo registered by fifo"), "{init_log}");
+
+    let status = vm.poweroff(Duration::from_secs(60))?;
+    assert!(status.success(), "QEMU exit status after poweroff: {status}");
+    Ok(())
+}
