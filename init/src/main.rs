@@ -47,13 +47,20 @@ fn main() {
     // Signals are read from a signalfd in the event loop, never handled
     // asynchronously. busybox's poweroff/reboot/halt send USR2/TERM/USR1.
     let mut mask = SigSet::empty();
-    for sig in [NixSignal::SIGCHLD, NixSignal::SIGUSR1, NixSignal::SIGUSR2, NixSignal::SIGTERM, NixSignal::SIGINT] {
+    for sig in [
+        NixSignal::SIGCHLD,
+        NixSignal::SIGUSR1,
+        NixSignal::SIGUSR2,
+        NixSignal::SIGTERM,
+        NixSignal::SIGINT,
+    ] {
         mask.add(sig);
     }
     if let Err(e) = mask.thread_block() {
         say(&format!("cannot block signals: {e}"));
     }
-    let signals = match SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC) {
+    let signals = match SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+    {
         Ok(s) => Some(s),
         Err(e) => {
             say(&format!("no signalfd, children will not be reaped: {e}"));
@@ -70,7 +77,12 @@ fn main() {
         }
     };
     if let Some(s) = &signals {
-        if let Err(e) = epoll::add(&epoll, s.as_fd(), epoll::EventData::new_u64(SIGNAL_TOKEN), epoll::EventFlags::IN) {
+        if let Err(e) = epoll::add(
+            &epoll,
+            s.as_fd(),
+            epoll::EventData::new_u64(SIGNAL_TOKEN),
+            epoll::EventFlags::IN,
+        ) {
             say(&format!("cannot watch signals: {e}"));
         }
     }
@@ -79,7 +91,10 @@ fn main() {
     for e in errors {
         say(&format!("bad unit {e}"));
     }
-    let units: Vec<_> = units.into_iter().filter(|u| u.enabled_by(&cmdline)).collect();
+    let units: Vec<_> = units
+        .into_iter()
+        .filter(|u| u.enabled_by(&cmdline))
+        .collect();
     let (units, errors) = unit::order(units);
     for e in errors {
         say(&format!("unit not started: {e}"));
@@ -110,7 +125,10 @@ fn main() {
             if failed.is_empty() {
                 say(&format!("{READY_BANNER} ({up:.2} s since boot)"));
             } else {
-                say(&format!("{READY_BANNER} ({up:.2} s since boot), failed: {}", failed.join(", ")));
+                say(&format!(
+                    "{READY_BANNER} ({up:.2} s since boot), failed: {}",
+                    failed.join(", ")
+                ));
             }
         }
         if announced && shell.is_none() {
@@ -119,10 +137,17 @@ fn main() {
 
         let timeout = services.next_deadline().map(|d| {
             let left = d.saturating_duration_since(Instant::now()) + Duration::from_millis(1);
-            rustix::event::Timespec::try_from(left).unwrap_or(rustix::event::Timespec { tv_sec: 1, tv_nsec: 0 })
+            rustix::event::Timespec::try_from(left).unwrap_or(rustix::event::Timespec {
+                tv_sec: 1,
+                tv_nsec: 0,
+            })
         });
         events.clear();
-        match epoll::wait(&epoll, rustix::buffer::spare_capacity(&mut events), timeout.as_ref()) {
+        match epoll::wait(
+            &epoll,
+            rustix::buffer::spare_capacity(&mut events),
+            timeout.as_ref(),
+        ) {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(e) => {
                 say(&format!("epoll_wait: {e}"));
@@ -153,7 +178,8 @@ fn main() {
 /// Reaps every exited child: services are accounted for, the shell is
 /// restarted on the next loop, orphans that were re-parented to us vanish.
 fn reap(services: &mut Services, shell: &mut Option<Pid>) {
-    while let Ok(Some((pid, status))) = rustix::process::waitpid(None, WaitOptions::NOHANG) {
+    // `wait` is waitpid(-1): any child, orphans included.
+    while let Ok(Some((pid, status))) = rustix::process::wait(WaitOptions::NOHANG) {
         if *shell == Some(pid) {
             *shell = None;
             continue;
@@ -166,7 +192,8 @@ fn shutdown(services: &mut Services, action: Power) -> ! {
     say(&format!("{action:?}: stopping services"));
     services.stop_all(Duration::from_secs(5));
     // Whatever is left (shell, user programs) gets the same treatment.
-    let _ = rustix::process::kill_process(Pid::from_raw(-1).unwrap_or(Pid::INIT), rustix::process::Signal::TERM);
+    // kill(-1) reaches every process but init itself.
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), NixSignal::SIGTERM);
     say("services stopped, syncing");
     let err = system::power(action);
     say(&format!("reboot(2) failed: {err}"));
@@ -197,10 +224,11 @@ fn spawn_shell(cmdline: &str) -> Option<Pid> {
             .stdin(Stdio::from(a))
             .stdout(Stdio::from(b))
             .stderr(Stdio::from(c));
-        // SAFETY: runs in the child before exec; setsid and the TIOCSCTTY
-        // ioctl are async-signal-safe system calls.
+        // SAFETY: runs in the child before exec; sigprocmask, setsid and the
+        // TIOCSCTTY ioctl are async-signal-safe system calls.
         unsafe {
             cmd.pre_exec(|| {
+                system::unblock_signals()?;
                 rustix::process::setsid()?;
                 rustix::process::ioctl_tiocsctty(std::io::stdin())?;
                 Ok(())

@@ -96,7 +96,12 @@ impl Services {
             let mut blocked = None;
             let mut all_ready = true;
             for dep in &self.list[i].unit.requires {
-                match self.list.iter().find(|s| &s.unit.name == dep).map(|s| &s.state) {
+                match self
+                    .list
+                    .iter()
+                    .find(|s| &s.unit.name == dep)
+                    .map(|s| &s.state)
+                {
                     Some(State::Ready) => {}
                     Some(State::Exited) if self.kind_of(dep) == Some(Kind::Oneshot) => {}
                     Some(State::Waiting | State::Starting(_)) => all_ready = false,
@@ -112,7 +117,10 @@ impl Services {
     }
 
     fn kind_of(&self, name: &str) -> Option<Kind> {
-        self.list.iter().find(|s| s.unit.name == name).map(|s| s.unit.kind)
+        self.list
+            .iter()
+            .find(|s| s.unit.name == name)
+            .map(|s| s.unit.kind)
     }
 
     /// True once no unit is waiting or starting.
@@ -166,7 +174,10 @@ impl Services {
                 };
                 self.check_scheme_ready(i);
             }
-            Err(e) => self.fail(i, format!("cannot start {}: {e}", self.list[i].unit.command)),
+            Err(e) => self.fail(
+                i,
+                format!("cannot start {}: {e}", self.list[i].unit.command),
+            ),
         }
     }
 
@@ -175,7 +186,10 @@ impl Services {
         let ids = match &unit.user {
             None => None,
             Some(user) => Some(lookup_user(&self.passwd, user).ok_or_else(|| {
-                std::io::Error::new(std::io::ErrorKind::NotFound, format!("no user {user:?} in /etc/passwd"))
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("no user {user:?} in /etc/passwd"),
+                )
             })?),
         };
         let (ours, theirs) = socketpair(
@@ -186,7 +200,9 @@ impl Services {
         )?;
         // The daemon's end must block: it waits for our replies.
         rustix::io::ioctl_fionbio(&theirs, false)?;
-        let (out_r, out_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK)?;
+        let (out_r, out_w) = rustix::pipe::pipe_with(
+            rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
+        )?;
         // The write end is handed to the child as stdout and stderr; it must
         // block there, or a chatty daemon would see EAGAIN.
         rustix::io::ioctl_fionbio(&out_w, false)?;
@@ -207,10 +223,11 @@ impl Services {
         }
         let control_raw = theirs.as_raw_fd();
         // SAFETY: the closure runs in the forked child before exec and only
-        // makes async-signal-safe system calls (setsid, dup2/fcntl, prctl); it
-        // allocates nothing and touches no locks.
+        // makes async-signal-safe system calls (sigprocmask, setsid,
+        // dup2/fcntl, prctl); it allocates nothing and touches no locks.
         unsafe {
             cmd.pre_exec(move || {
+                crate::system::unblock_signals()?;
                 rustix::process::setsid()?;
                 // The control fd is always number 3 in the daemon. dup2 onto
                 // itself would keep CLOEXEC, so clear it in that case.
@@ -238,13 +255,28 @@ impl Services {
         std::mem::forget(child);
 
         let base = i as u64 * 2;
-        epoll::add(&self.epoll, &ours, epoll::EventData::new_u64(base + CONTROL), epoll::EventFlags::IN)?;
-        epoll::add(&self.epoll, &out_r, epoll::EventData::new_u64(base + OUTPUT), epoll::EventFlags::IN)?;
+        epoll::add(
+            &self.epoll,
+            &ours,
+            epoll::EventData::new_u64(base + CONTROL),
+            epoll::EventFlags::IN,
+        )?;
+        epoll::add(
+            &self.epoll,
+            &out_r,
+            epoll::EventData::new_u64(base + OUTPUT),
+            epoll::EventFlags::IN,
+        )?;
         let svc = &mut self.list[i];
         svc.control = Some(ours);
         svc.output = Some(out_r);
         svc.stopping = false;
-        say(&format!("started {} (pid {})", unit.name, pid.as_raw_nonzero()));
+        say(&format!(
+            "started {} (pid {}): {}",
+            unit.name,
+            pid.as_raw_nonzero(),
+            unit.description
+        ));
         Ok(pid)
     }
 
@@ -264,7 +296,9 @@ impl Services {
     fn on_output(&mut self, i: usize) {
         let mut buf = [0u8; 4096];
         loop {
-            let Some(fd) = self.list[i].output.as_ref() else { return };
+            let Some(fd) = self.list[i].output.as_ref() else {
+                return;
+            };
             match rustix::io::read(fd, &mut buf) {
                 Ok(0) => {
                     self.close_output(i);
@@ -274,7 +308,10 @@ impl Services {
                 Err(rustix::io::Errno::AGAIN) => return,
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => {
-                    say(&format!("reading output of {}: {e}", self.list[i].unit.name));
+                    say(&format!(
+                        "reading output of {}: {e}",
+                        self.list[i].unit.name
+                    ));
                     self.close_output(i);
                     return;
                 }
@@ -291,7 +328,9 @@ impl Services {
 
     fn on_control(&mut self, i: usize) {
         loop {
-            let Some(fd) = self.list[i].control.as_ref() else { return };
+            let Some(fd) = self.list[i].control.as_ref() else {
+                return;
+            };
             let (msg, passed) = match daemon::recv_with_fd(fd.as_fd()) {
                 Ok(m) => m,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
@@ -310,12 +349,22 @@ impl Services {
                 Ok(Request::Ready) => self.mark_ready(i),
                 Ok(Request::Register(scheme, kind)) => {
                     let reply = self.register(i, &scheme, kind);
-                    let Some(control) = self.list[i].control.as_ref() else { return };
+                    let Some(control) = self.list[i].control.as_ref() else {
+                        return;
+                    };
                     let sent = match &reply {
-                        Ok(fuse) => daemon::send_with_fd(control.as_fd(), &Reply::Ok.encode(), Some(fuse.as_fd())),
+                        Ok(fuse) => daemon::send_with_fd(
+                            control.as_fd(),
+                            &Reply::Ok.encode(),
+                            Some(fuse.as_fd()),
+                        ),
                         Err((errno, why)) => {
                             say(&format!("{name}: refused scheme {scheme:?}: {why}"));
-                            daemon::send_with_fd(control.as_fd(), &Reply::Err(*errno, why.clone()).encode(), None)
+                            daemon::send_with_fd(
+                                control.as_fd(),
+                                &Reply::Err(*errno, why.clone()).encode(),
+                                None,
+                            )
                         }
                     };
                     if let Err(e) = sent {
@@ -340,7 +389,10 @@ impl Services {
         let svc = &self.list[i];
         if svc.unit.kind == Kind::Scheme
             && svc.unit.literal_schemes().next().is_some()
-            && svc.unit.literal_schemes().all(|s| svc.schemes.iter().any(|r| r == s))
+            && svc
+                .unit
+                .literal_schemes()
+                .all(|s| svc.schemes.iter().any(|r| r == s))
         {
             self.mark_ready(i);
         }
@@ -349,15 +401,26 @@ impl Services {
     /// The scheme registrar: checks the name against the unit, mounts a fresh
     /// FUSE connection at /scheme/NAME owned by the daemon's uid, and returns
     /// the fd to pass back.
-    fn register(&mut self, i: usize, scheme: &str, kind: RootKind) -> Result<OwnedFd, (i32, String)> {
+    fn register(
+        &mut self,
+        i: usize,
+        scheme: &str,
+        kind: RootKind,
+    ) -> Result<OwnedFd, (i32, String)> {
         let unit = &self.list[i].unit;
         if !unit.allows_scheme(scheme) {
-            return Err((libc_errno(rustix::io::Errno::ACCESS), format!("{} may not register {scheme:?}", unit.name)));
+            return Err((
+                libc_errno(rustix::io::Errno::ACCESS),
+                format!("{} may not register {scheme:?}", unit.name),
+            ));
         }
         if let Some(&owner) = self.owners.get(scheme) {
             return Err((
                 libc_errno(rustix::io::Errno::EXIST),
-                format!("scheme {scheme:?} is already served by {}", self.list[owner].unit.name),
+                format!(
+                    "scheme {scheme:?} is already served by {}",
+                    self.list[owner].unit.name
+                ),
             ));
         }
         let (uid, gid) = match &unit.user {
@@ -369,7 +432,12 @@ impl Services {
             RootKind::Dir => fs::create_dir(&target),
             RootKind::File => fs::File::create(&target).map(drop),
         };
-        made.map_err(|e| (e.raw_os_error().unwrap_or(5), format!("cannot create {}: {e}", target.display())))?;
+        made.map_err(|e| {
+            (
+                e.raw_os_error().unwrap_or(5),
+                format!("cannot create {}: {e}", target.display()),
+            )
+        })?;
         let fuse_kind = match kind {
             RootKind::Dir => scheme::mount::RootKind::Dir,
             RootKind::File => scheme::mount::RootKind::File,
@@ -378,12 +446,18 @@ impl Services {
             Ok(fd) => {
                 self.owners.insert(scheme.to_owned(), i);
                 self.list[i].schemes.push(scheme.to_owned());
-                say(&format!("scheme {scheme} registered by {}", self.list[i].unit.name));
+                say(&format!(
+                    "scheme {scheme} registered by {}",
+                    self.list[i].unit.name
+                ));
                 Ok(fd)
             }
             Err(e) => {
                 let _ = remove_mountpoint(&target);
-                Err((e.raw_os_error().unwrap_or(5), format!("cannot mount {}: {e}", target.display())))
+                Err((
+                    e.raw_os_error().unwrap_or(5),
+                    format!("cannot mount {}: {e}", target.display()),
+                ))
             }
         }
     }
@@ -435,7 +509,9 @@ impl Services {
     /// then SIGKILL if it has not exited within `grace`.
     pub fn stop_all(&mut self, grace: Duration) {
         for i in (0..self.list.len()).rev() {
-            let Some(pid) = self.list[i].pid else { continue };
+            let Some(pid) = self.list[i].pid else {
+                continue;
+            };
             self.list[i].stopping = true;
             let name = self.list[i].unit.name.clone();
             say(&format!("stopping {name}"));
@@ -445,13 +521,18 @@ impl Services {
             }
             let exited = pidfd.as_ref().is_some_and(|fd| wait_readable(fd, grace));
             if !exited {
-                say(&format!("{name} did not stop in {} s, killing it", grace.as_secs()));
+                say(&format!(
+                    "{name} did not stop in {} s, killing it",
+                    grace.as_secs()
+                ));
                 let _ = rustix::process::kill_process(pid, Signal::KILL);
                 if let Some(fd) = pidfd.as_ref() {
                     wait_readable(fd, grace);
                 }
             }
-            if let Ok(Some((_, status))) = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG) {
+            if let Ok(Some((_, status))) =
+                rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG)
+            {
                 self.on_exit(pid, &describe(status), status.exit_status() == Some(0));
             }
         }
@@ -463,7 +544,10 @@ fn wait_readable(fd: &OwnedFd, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let ts = rustix::event::Timespec::try_from(left).unwrap_or(rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 });
+        let ts = rustix::event::Timespec::try_from(left).unwrap_or(rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        });
         let mut fds = [PollFd::new(fd, PollFlags::IN)];
         match rustix::event::poll(&mut fds, Some(&ts)) {
             Ok(n) if n > 0 => return true,

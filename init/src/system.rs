@@ -17,10 +17,34 @@ pub fn mount_filesystems() {
     let table: [(&str, &str, &str, MountFlags, &std::ffi::CStr); 7] = [
         ("proc", "/proc", "proc", nosuid, c""),
         ("sysfs", "/sys", "sysfs", nosuid, c""),
-        ("devtmpfs", "/dev", "devtmpfs", MountFlags::NOSUID, c"mode=0755"),
-        ("devpts", "/dev/pts", "devpts", MountFlags::NOSUID | MountFlags::NOEXEC, c"gid=5,mode=620,ptmxmode=666"),
-        ("tmpfs", "/tmp", "tmpfs", MountFlags::NOSUID | MountFlags::NODEV, c"mode=1777"),
-        ("tmpfs", "/run", "tmpfs", MountFlags::NOSUID | MountFlags::NODEV, c"mode=0755"),
+        (
+            "devtmpfs",
+            "/dev",
+            "devtmpfs",
+            MountFlags::NOSUID,
+            c"mode=0755",
+        ),
+        (
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            MountFlags::NOSUID | MountFlags::NOEXEC,
+            c"gid=5,mode=620,ptmxmode=666",
+        ),
+        (
+            "tmpfs",
+            "/tmp",
+            "tmpfs",
+            MountFlags::NOSUID | MountFlags::NODEV,
+            c"mode=1777",
+        ),
+        (
+            "tmpfs",
+            "/run",
+            "tmpfs",
+            MountFlags::NOSUID | MountFlags::NODEV,
+            c"mode=0755",
+        ),
         // Scheme mount points live here; only init creates them.
         ("scheme", "/scheme", "tmpfs", nosuid, c"mode=0755"),
     ];
@@ -49,7 +73,11 @@ pub fn load_modules(list: &Path, dir: &Path) -> usize {
         }
     };
     let mut loaded = 0;
-    for name in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    for name in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
         let path = dir.join(name);
         let result = rustix::fs::open(&path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
             .and_then(|fd| rustix::system::finit_module(&fd, c"", 0));
@@ -103,6 +131,15 @@ pub fn lookup_user(passwd: &str, user: &str) -> Option<(u32, u32)> {
     })
 }
 
+/// Children must not inherit the signals init blocks for its signalfd:
+/// the mask survives exec, and a daemon could then not even be stopped.
+/// Only makes a system call, so it is safe between fork and exec.
+pub fn unblock_signals() -> std::io::Result<()> {
+    nix::sys::signal::SigSet::empty()
+        .thread_set_mask()
+        .map_err(std::io::Error::from)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Power {
     Off,
@@ -123,7 +160,6 @@ pub fn power(action: Power) -> io::Error {
         Err(e) => e.into(),
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -92,9 +92,11 @@ impl Unit {
     pub fn enabled_by(&self, cmdline: &str) -> bool {
         match &self.condition_cmdline {
             None => true,
-            Some(word) => cmdline
-                .split_whitespace()
-                .any(|w| w == word || w.strip_prefix(word.as_str()).is_some_and(|r| r.starts_with('='))),
+            Some(word) => cmdline.split_whitespace().any(|w| {
+                w == word
+                    || w.strip_prefix(word.as_str())
+                        .is_some_and(|r| r.starts_with('='))
+            }),
         }
     }
 }
@@ -132,7 +134,10 @@ pub fn load_dir(dir: &Path) -> (Vec<Unit>, Vec<String>) {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        match fs::read_to_string(&path).map_err(|e| e.to_string()).and_then(|t| Unit::parse(&name, &t)) {
+        match fs::read_to_string(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| Unit::parse(&name, &t))
+        {
             Ok(u) => units.push(u),
             Err(e) => errors.push(format!("{}: {e}", path.display())),
         }
@@ -143,7 +148,8 @@ pub fn load_dir(dir: &Path) -> (Vec<Unit>, Vec<String>) {
 /// Orders units so each comes after what it requires. Units with a missing
 /// dependency or in a cycle are returned as errors and left out.
 pub fn order(units: Vec<Unit>) -> (Vec<Unit>, Vec<String>) {
-    let mut by_name: HashMap<String, Unit> = units.into_iter().map(|u| (u.name.clone(), u)).collect();
+    let mut by_name: HashMap<String, Unit> =
+        units.into_iter().map(|u| (u.name.clone(), u)).collect();
     let mut names: Vec<String> = by_name.keys().cloned().collect();
     names.sort();
     let mut state: HashMap<String, u8> = HashMap::new(); // 1 visiting, 2 done, 3 bad
@@ -192,10 +198,7 @@ pub fn order(units: Vec<Unit>) -> (Vec<Unit>, Vec<String>) {
     for name in &names {
         visit(name, &by_name, &mut state, &mut ordered, &mut errors);
     }
-    let units = ordered
-        .iter()
-        .filter_map(|n| by_name.remove(n))
-        .collect();
+    let units = ordered.iter().filter_map(|n| by_name.remove(n)).collect();
     (units, errors)
 }
 
@@ -207,7 +210,10 @@ mod tests {
         let deps: Vec<String> = requires.iter().map(|d| format!("{d:?}")).collect();
         Unit::parse(
             name,
-            &format!("command = \"/bin/x\"\ntype = \"notify\"\nrequires = [{}]\n", deps.join(",")),
+            &format!(
+                "command = \"/bin/x\"\ntype = \"notify\"\nrequires = [{}]\n",
+                deps.join(",")
+            ),
         )
         .unwrap()
     }
@@ -245,8 +251,16 @@ ready_timeout = 5
         assert!(Unit::parse("x", "command = \"/bin/x\"\ntype = \"notify\"\nfoo = 1\n").is_err());
         assert!(Unit::parse("x", "command = \"/bin/x\"\ntype = \"daemon\"\n").is_err());
         assert!(Unit::parse("x", "type = \"notify\"\n").is_err());
-        assert!(Unit::parse("x", "command = \"/bin/x\"\ntype = \"notify\"\nschemes = [\"a/b\"]\n").is_err());
-        assert!(Unit::parse("x", "command = \"/bin/x\"\ntype = \"notify\"\nschemes = [\"a*b*\"]\n").is_err());
+        assert!(Unit::parse(
+            "x",
+            "command = \"/bin/x\"\ntype = \"notify\"\nschemes = [\"a/b\"]\n"
+        )
+        .is_err());
+        assert!(Unit::parse(
+            "x",
+            "command = \"/bin/x\"\ntype = \"notify\"\nschemes = [\"a*b*\"]\n"
+        )
+        .is_err());
     }
 
     #[test]
@@ -279,7 +293,12 @@ ready_timeout = 5
         let names: Vec<_> = units.iter().map(|u| u.name.as_str()).collect();
         assert_eq!(names, ["e"]);
         assert!(errors.iter().any(|e| e.contains("cycle")), "{errors:?}");
-        assert!(errors.iter().any(|e| e.contains("unknown service \"nope\"")), "{errors:?}");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("unknown service \"nope\"")),
+            "{errors:?}"
+        );
         assert!(errors.iter().any(|e| e.starts_with("d:")), "{errors:?}");
     }
 }

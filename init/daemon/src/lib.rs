@@ -104,7 +104,11 @@ impl Daemon {
 }
 
 /// Sends one packet, optionally carrying a file descriptor.
-pub fn send_with_fd(sock: BorrowedFd<'_>, msg: &[u8], fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+pub fn send_with_fd(
+    sock: BorrowedFd<'_>,
+    msg: &[u8],
+    fd: Option<BorrowedFd<'_>>,
+) -> io::Result<()> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut anc = SendAncillaryBuffer::new(&mut space);
     let fds;

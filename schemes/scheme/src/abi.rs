@@ -58,6 +58,10 @@ pub const FUSE_MAX_PAGES: u32 = 1 << 22;
 pub const FOPEN_DIRECT_IO: u32 = 1 << 0;
 pub const FOPEN_NONSEEKABLE: u32 = 1 << 2;
 pub const FOPEN_STREAM: u32 = 1 << 4;
+/// Linux 5.16+: `close` sends no FLUSH. Without it every close takes the
+/// inode lock, which a write parked in the daemon holds: closing any other
+/// fd of a full FIFO would hang until the writer is served.
+pub const FOPEN_NOFLUSH: u32 = 1 << 5;
 
 // fuse_getattr_in.getattr_flags.
 pub const FUSE_GETATTR_FH: u32 = 1 << 0;
@@ -450,7 +454,10 @@ mod tests {
     #[test]
     fn empty_and_short_buffers_have_no_header() {
         assert_eq!(Request::parse(&[]).unwrap_err(), ParseError::NoHeader);
-        assert_eq!(Request::parse(&[0u8; 39]).unwrap_err(), ParseError::NoHeader);
+        assert_eq!(
+            Request::parse(&[0u8; 39]).unwrap_err(),
+            ParseError::NoHeader
+        );
     }
 
     #[test]
@@ -463,7 +470,10 @@ mod tests {
         // Longer than announced is just as wrong.
         let mut bytes = header(40, FUSE_READ).as_bytes().to_vec();
         bytes.push(0);
-        assert!(matches!(Request::parse(&bytes), Err(ParseError::BadLength { .. })));
+        assert!(matches!(
+            Request::parse(&bytes),
+            Err(ParseError::BadLength { .. })
+        ));
     }
 
     #[test]

@@ -201,10 +201,16 @@ mod tests {
 
     #[test]
     fn poll_bits() {
-        assert_eq!(events_from_poll(0), EventFlags::EVENT_READ | EventFlags::EVENT_WRITE);
+        assert_eq!(
+            events_from_poll(0),
+            EventFlags::EVENT_READ | EventFlags::EVENT_WRITE
+        );
         assert_eq!(events_from_poll(linux::POLLIN), EventFlags::EVENT_READ);
         assert_eq!(
-            poll_from_events(EventFlags::EVENT_READ | EventFlags::EVENT_WRITE, linux::POLLIN),
+            poll_from_events(
+                EventFlags::EVENT_READ | EventFlags::EVENT_WRITE,
+                linux::POLLIN
+            ),
             linux::POLLIN
         );
     }

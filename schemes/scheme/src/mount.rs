@@ -26,11 +26,7 @@ pub enum RootKind {
 /// its own access checks from the caller's uid/gid), no `default_permissions`
 /// for the same reason, `nosuid,nodev`. Requires `CAP_SYS_ADMIN`.
 pub fn mount_fuse(target: &Path, kind: RootKind, uid: u32, gid: u32) -> io::Result<OwnedFd> {
-    let fd = rustix::fs::open(
-        "/dev/fuse",
-        OFlags::RDWR | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
+    let fd = rustix::fs::open("/dev/fuse", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())?;
     let rootmode = match kind {
         RootKind::Dir => "40000",
         RootKind::File => "100000",

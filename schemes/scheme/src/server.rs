@@ -6,11 +6,13 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use log::{debug, warn};
+use log::{debug, trace, warn};
 use rustix::event::{PollFd, PollFlags};
 use rustix::fs::OFlags;
 use rustix::io::Errno;
-use syscall::error::{EAGAIN, EBADF, EINTR, EINVAL, EIO, ENOENT, ENOSYS, ENOTTY, EPROTO, EWOULDBLOCK};
+use syscall::error::{
+    EAGAIN, EBADF, EINTR, EINVAL, EIO, ENOENT, ENOSYS, ENOTTY, EPROTO, EWOULDBLOCK,
+};
 use syscall::flag::{EventFlags, MODE_DIR, MODE_TYPE, O_DIRECTORY, O_NONBLOCK, O_WRONLY};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
@@ -37,8 +39,16 @@ struct Parked {
 }
 
 enum ParkedOp {
-    Read { offset: u64, size: usize, fcntl: u32 },
-    Write { offset: u64, data: Vec<u8>, fcntl: u32 },
+    Read {
+        offset: u64,
+        size: usize,
+        fcntl: u32,
+    },
+    Write {
+        offset: u64,
+        data: Vec<u8>,
+        fcntl: u32,
+    },
 }
 
 /// A kernel poll handle waiting for readiness changes on one open file.
@@ -193,7 +203,10 @@ impl<S: Scheme> Server<S> {
         let req = match Request::parse(bytes) {
             Ok(req) => req,
             Err(ParseError::NoHeader) => {
-                warn!("fuse: dropped a {}-byte request without a header", bytes.len());
+                warn!(
+                    "fuse: dropped a {}-byte request without a header",
+                    bytes.len()
+                );
                 return;
             }
             Err(ParseError::BadLength { header }) => {
@@ -209,6 +222,13 @@ impl<S: Scheme> Server<S> {
             }
         };
         let h = req.header;
+        trace!(
+            "fuse: request {} opcode {} node {} from pid {}",
+            h.unique,
+            h.opcode,
+            h.nodeid,
+            h.pid
+        );
         let ctx = CallerCtx {
             uid: h.uid,
             gid: h.gid,
@@ -296,7 +316,10 @@ impl<S: Scheme> Server<S> {
         let (init, _) = req.arg::<InitIn>().ok_or(Error::new(EINVAL))?;
         let unique = req.header.unique;
         if init.major < KERNEL_VERSION {
-            warn!("fuse: kernel protocol {}.{} is too old", init.major, init.minor);
+            warn!(
+                "fuse: kernel protocol {}.{} is too old",
+                init.major, init.minor
+            );
             return Err(Error::new(EPROTO));
         }
         if init.major > KERNEL_VERSION {
@@ -425,8 +448,9 @@ impl<S: Scheme> Server<S> {
     fn open_out(opened: crate::OpenResult, dir: bool) -> OpenOut {
         let mut open_flags = 0;
         if !dir {
-            // Device data is never cached by the kernel.
-            open_flags |= FOPEN_DIRECT_IO;
+            // Device data is never cached by the kernel, so there is
+            // nothing to flush on close (see FOPEN_NOFLUSH).
+            open_flags |= FOPEN_DIRECT_IO | FOPEN_NOFLUSH;
             if opened.stream {
                 open_flags |= FOPEN_NONSEEKABLE | FOPEN_STREAM;
             }
@@ -525,7 +549,13 @@ impl<S: Scheme> Server<S> {
                 let res = self
                     .scheme
                     .read(p.fh as usize, buf, *offset, *fcntl, &p.ctx)
-                    .and_then(|n| if n <= size { Ok(n) } else { Err(Error::new(EIO)) });
+                    .and_then(|n| {
+                        if n <= size {
+                            Ok(n)
+                        } else {
+                            Err(Error::new(EIO))
+                        }
+                    });
                 (res, *fcntl)
             }
             ParkedOp::Write {
@@ -537,7 +567,13 @@ impl<S: Scheme> Server<S> {
                 let res = self
                     .scheme
                     .write(p.fh as usize, data, *offset, *fcntl, &p.ctx)
-                    .and_then(|n| if n <= data.len() { Ok(n) } else { Err(Error::new(EIO)) });
+                    .and_then(|n| {
+                        if n <= data.len() {
+                            Ok(n)
+                        } else {
+                            Err(Error::new(EIO))
+                        }
+                    });
                 (res, *fcntl)
             }
         };
@@ -630,7 +666,8 @@ impl<S: Scheme> Server<S> {
         let dir = self.path_of(req.header.nodeid)?;
         let size = (r.size as usize).min(MAX_WRITE);
         let mut buf = DirentBuf::new(size);
-        self.scheme.getdents(r.fh as usize, &mut buf, r.offset, ctx)?;
+        self.scheme
+            .getdents(r.fh as usize, &mut buf, r.offset, ctx)?;
         let mut out = Vec::with_capacity(size.min(64 * 1024));
         for (name, kind, next) in &buf.entries {
             let path = join(&dir, name);
@@ -672,9 +709,12 @@ impl<S: Scheme> Server<S> {
         }
         let mut payload = vec![0u8; in_size.max(out_size)];
         payload[..in_size].copy_from_slice(&data[..in_size]);
-        let res = self
-            .scheme
-            .call(io.fh as usize, &mut payload, &[u64::from(io.cmd), io.arg], ctx);
+        let res = self.scheme.call(
+            io.fh as usize,
+            &mut payload,
+            &[u64::from(io.cmd), io.arg],
+            ctx,
+        );
         let value = match res {
             Ok(v) => v,
             // ENOSYS would make the kernel give up on ioctl for the mount.
@@ -685,7 +725,11 @@ impl<S: Scheme> Server<S> {
             result: i32::try_from(value).unwrap_or(i32::MAX),
             ..Default::default()
         };
-        self.send(req.header.unique, 0, &[out.as_bytes(), &payload[..out_size]]);
+        self.send(
+            req.header.unique,
+            0,
+            &[out.as_bytes(), &payload[..out_size]],
+        );
         Ok(())
     }
 
@@ -750,7 +794,11 @@ impl<S: Scheme> Server<S> {
 /// route opens to a device driver instead of to us.
 fn attr_from_stat(stat: &Stat, ino: u64) -> Attr {
     let is_dir = stat.st_mode & MODE_TYPE == MODE_DIR;
-    let kind = if is_dir { linux::S_IFDIR } else { linux::S_IFREG };
+    let kind = if is_dir {
+        linux::S_IFDIR
+    } else {
+        linux::S_IFREG
+    };
     Attr {
         ino,
         size: stat.st_size,
@@ -785,4 +833,356 @@ fn synthetic_ino(path: &str) -> u64 {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     h | (1 << 63)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The runtime fed hand-made (and malformed) requests through a
+    //! `SOCK_SEQPACKET` pair, which keeps message boundaries like /dev/fuse.
+
+    use super::*;
+    use crate::OpenResult;
+    use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+    use syscall::flag::MODE_FILE;
+
+    /// One file, `""`; reads park until `data` is set.
+    #[derive(Default)]
+    struct Pending {
+        data: Option<Vec<u8>>,
+        closed: Vec<usize>,
+    }
+
+    impl Scheme for Pending {
+        fn openat(
+            &mut self,
+            path: &str,
+            _flags: usize,
+            _ctx: &CallerCtx,
+        ) -> Result<crate::OpenResult> {
+            if path.is_empty() {
+                Ok(OpenResult::stream(5))
+            } else {
+                Err(Error::new(ENOENT))
+            }
+        }
+        fn read(
+            &mut self,
+            _id: usize,
+            buf: &mut [u8],
+            _o: u64,
+            _f: u32,
+            _c: &CallerCtx,
+        ) -> Result<usize> {
+            match self.data.take() {
+                Some(d) => {
+                    let n = d.len().min(buf.len());
+                    buf[..n].copy_from_slice(&d[..n]);
+                    Ok(n)
+                }
+                None => Err(Error::new(EAGAIN)),
+            }
+        }
+        fn fstat(&mut self, _id: usize, stat: &mut Stat, _ctx: &CallerCtx) -> Result<()> {
+            stat.st_mode = MODE_FILE | 0o644;
+            Ok(())
+        }
+        fn fevent(
+            &mut self,
+            _id: usize,
+            flags: EventFlags,
+            _ctx: &CallerCtx,
+        ) -> Result<EventFlags> {
+            let mut ready = EventFlags::EVENT_WRITE;
+            if self.data.is_some() {
+                ready |= EventFlags::EVENT_READ;
+            }
+            Ok(ready & flags)
+        }
+        fn on_close(&mut self, id: usize) {
+            self.closed.push(id);
+        }
+    }
+
+    struct Harness {
+        server: Server<Pending>,
+        peer: OwnedFd,
+        unique: u64,
+    }
+
+    impl Harness {
+        fn new() -> Harness {
+            let (a, b) = socketpair(
+                AddressFamily::UNIX,
+                SocketType::SEQPACKET,
+                SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+                None,
+            )
+            .unwrap();
+            Harness {
+                server: Server::new(a, Pending::default()).unwrap(),
+                peer: b,
+                unique: 100,
+            }
+        }
+
+        fn send_raw(&mut self, bytes: &[u8]) {
+            rustix::io::write(&self.peer, bytes).unwrap();
+            assert_eq!(self.server.process().unwrap(), Status::Running);
+        }
+
+        /// Sends opcode + body with a correct header; returns its unique.
+        fn send(&mut self, opcode: u32, nodeid: u64, body: &[u8]) -> u64 {
+            self.unique += 2;
+            let h = InHeader {
+                len: (40 + body.len()) as u32,
+                opcode,
+                unique: self.unique,
+                nodeid,
+                uid: 1000,
+                gid: 1000,
+                pid: 42,
+                ..Default::default()
+            };
+            let mut msg = h.as_bytes().to_vec();
+            msg.extend_from_slice(body);
+            self.send_raw(&msg);
+            self.unique
+        }
+
+        /// The next reply: (unique, error, body), or None if there is none.
+        fn reply(&mut self) -> Option<(u64, i32, Vec<u8>)> {
+            let mut buf = vec![0u8; 1 << 16];
+            match rustix::io::read(&self.peer, &mut buf) {
+                Ok(n) => {
+                    let (h, rest) = OutHeader::read_from_prefix(&buf[..n]).unwrap();
+                    assert_eq!(h.len as usize, n);
+                    Some((h.unique, h.error, rest.to_vec()))
+                }
+                Err(Errno::AGAIN) => None,
+                Err(e) => panic!("{e}"),
+            }
+        }
+
+        fn expect_err(&mut self, unique: u64, errno: i32) {
+            let (u, e, _) = self.reply().expect("a reply");
+            assert_eq!((u, e), (unique, -errno));
+        }
+
+        fn open(&mut self) -> u64 {
+            let u = self.send(FUSE_OPEN, ROOT_ID, OpenIn::default().as_bytes());
+            let (ru, e, body) = self.reply().unwrap();
+            assert_eq!((ru, e), (u, 0));
+            let (o, _) = OpenOut::read_from_prefix(&body).unwrap();
+            assert_eq!(
+                o.open_flags,
+                FOPEN_DIRECT_IO | FOPEN_NOFLUSH | FOPEN_NONSEEKABLE | FOPEN_STREAM
+            );
+            o.fh
+        }
+
+        fn read_req(&mut self, fh: u64, flags: u32) -> u64 {
+            let r = ReadIn {
+                fh,
+                size: 16,
+                flags,
+                ..Default::default()
+            };
+            self.send(FUSE_READ, ROOT_ID, r.as_bytes())
+        }
+    }
+
+    #[test]
+    fn init_negotiates_our_minor_and_sizes() {
+        let mut h = Harness::new();
+        let init = InitIn {
+            major: 7,
+            minor: 37,
+            max_readahead: 4096,
+            flags: FUSE_MAX_PAGES | FUSE_ATOMIC_O_TRUNC | (1 << 0),
+        };
+        let u = h.send(FUSE_INIT, 0, init.as_bytes());
+        let (ru, e, body) = h.reply().unwrap();
+        assert_eq!((ru, e), (u, 0));
+        let (out, _) = InitOut::read_from_prefix(&body).unwrap();
+        assert_eq!((out.major, out.minor), (7, KERNEL_MINOR_VERSION));
+        assert_eq!(out.max_write as usize, MAX_WRITE);
+        assert_eq!(out.max_pages, MAX_PAGES);
+        assert_eq!(out.flags, FUSE_MAX_PAGES | FUSE_ATOMIC_O_TRUNC);
+    }
+
+    #[test]
+    fn malformed_requests_get_errors_and_the_server_goes_on() {
+        let mut h = Harness::new();
+        // Too short for a header: nothing to answer.
+        h.send_raw(&[1, 2, 3]);
+        assert!(h.reply().is_none());
+        // Header length disagrees with the message.
+        let bad = InHeader {
+            len: 4000,
+            opcode: FUSE_GETATTR,
+            unique: 7,
+            ..Default::default()
+        };
+        h.send_raw(bad.as_bytes());
+        h.expect_err(7, EIO);
+        // Bodies too short for their opcode.
+        for op in [
+            FUSE_INIT,
+            FUSE_READ,
+            FUSE_WRITE,
+            FUSE_OPEN,
+            FUSE_SETATTR,
+            FUSE_CREATE,
+            FUSE_IOCTL,
+            FUSE_POLL,
+            FUSE_RELEASE,
+            FUSE_FSYNC,
+            FUSE_READDIR,
+        ] {
+            let u = h.send(op, ROOT_ID, &[0u8; 3]);
+            h.expect_err(u, EINVAL);
+        }
+        // A name without its terminator.
+        let u = h.send(FUSE_LOOKUP, ROOT_ID, b"abc");
+        h.expect_err(u, EINVAL);
+        // Not UTF-8, or not a single component.
+        let u = h.send(FUSE_LOOKUP, ROOT_ID, b"\xff\xfe\0");
+        h.expect_err(u, ENOENT);
+        let u = h.send(FUSE_LOOKUP, ROOT_ID, b"..\0");
+        h.expect_err(u, ENOENT);
+        // Unknown node, unknown opcode.
+        let u = h.send(FUSE_GETATTR, 12345, GetattrIn::default().as_bytes());
+        h.expect_err(u, ENOENT);
+        let u = h.send(999, ROOT_ID, &[]);
+        h.expect_err(u, ENOSYS);
+        // A write announcing more data than it carries.
+        let w = WriteIn {
+            size: 100,
+            ..Default::default()
+        };
+        let mut body = w.as_bytes().to_vec();
+        body.extend_from_slice(b"short");
+        let u = h.send(FUSE_WRITE, ROOT_ID, &body);
+        h.expect_err(u, EINVAL);
+        // An ioctl announcing more input than it carries.
+        let io = IoctlIn {
+            in_size: 64,
+            ..Default::default()
+        };
+        let u = h.send(FUSE_IOCTL, ROOT_ID, io.as_bytes());
+        h.expect_err(u, EINVAL);
+        // No reply at all: forgets (even lying ones) and unknown interrupts.
+        let bf = BatchForgetIn {
+            count: 1000,
+            dummy: 0,
+        };
+        h.send(FUSE_BATCH_FORGET, 0, bf.as_bytes());
+        h.send(FUSE_FORGET, 77, &[]);
+        h.send(FUSE_INTERRUPT, 0, InterruptIn { unique: 555 }.as_bytes());
+        assert!(h.reply().is_none());
+        // Still serving.
+        let u = h.send(FUSE_GETATTR, ROOT_ID, GetattrIn::default().as_bytes());
+        let (ru, e, body) = h.reply().unwrap();
+        assert_eq!((ru, e), (u, 0));
+        let (a, _) = AttrOut::read_from_prefix(&body).unwrap();
+        assert_eq!(a.attr.mode, linux::S_IFREG | 0o644);
+        assert_eq!(a.attr.ino, ROOT_ID);
+    }
+
+    #[test]
+    fn parked_read_is_answered_once_on_interrupt() {
+        let mut h = Harness::new();
+        let fh = h.open();
+        let u = h.read_req(fh, 0);
+        assert!(h.reply().is_none(), "read must park");
+        assert_eq!(h.server.parked(), 1);
+        // A non-blocking read is refused instead.
+        let nb = h.read_req(fh, linux::O_NONBLOCK);
+        h.expect_err(nb, linux::EAGAIN);
+        h.send(FUSE_INTERRUPT, 0, InterruptIn { unique: u }.as_bytes());
+        h.expect_err(u, EINTR);
+        h.send(FUSE_INTERRUPT, 0, InterruptIn { unique: u }.as_bytes());
+        assert!(h.reply().is_none(), "answered twice");
+        assert_eq!(h.server.parked(), 0);
+    }
+
+    #[test]
+    fn parked_reads_complete_in_order_on_wake() {
+        let mut h = Harness::new();
+        let fh = h.open();
+        let first = h.read_req(fh, 0);
+        let second = h.read_req(fh, 0);
+        assert_eq!(h.server.parked(), 2);
+        h.server.scheme_mut().data = Some(b"data".to_vec());
+        h.server.wake();
+        let (u, e, body) = h.reply().unwrap();
+        assert_eq!((u, e, body.as_slice()), (first, 0, &b"data"[..]));
+        assert!(h.reply().is_none());
+        assert_eq!(h.server.parked(), 1);
+        // Release answers what is still parked on the handle, then closes.
+        let rel = ReleaseIn {
+            fh,
+            ..Default::default()
+        };
+        let r = h.send(FUSE_RELEASE, ROOT_ID, rel.as_bytes());
+        h.expect_err(second, EBADF);
+        let (u, e, _) = h.reply().unwrap();
+        assert_eq!((u, e), (r, 0));
+        assert_eq!(h.server.scheme().closed, vec![fh as usize]);
+    }
+
+    #[test]
+    fn poll_registers_and_notifies_on_readiness() {
+        let mut h = Harness::new();
+        let fh = h.open();
+        let p = PollIn {
+            fh,
+            kh: 99,
+            flags: FUSE_POLL_SCHEDULE_NOTIFY,
+            events: linux::POLLIN,
+        };
+        let u = h.send(FUSE_POLL, ROOT_ID, p.as_bytes());
+        let (ru, e, body) = h.reply().unwrap();
+        assert_eq!((ru, e), (u, 0));
+        let (out, _) = PollOut::read_from_prefix(&body).unwrap();
+        assert_eq!(out.revents, 0, "nothing to read yet");
+        assert_eq!(h.server.pollers(), 1);
+        // Readiness appears: one FUSE_NOTIFY_POLL (unique 0) naming kh.
+        h.server.scheme_mut().data = Some(b"x".to_vec());
+        h.server.wake();
+        let (ru, code, body) = h.reply().expect("a notification");
+        assert_eq!((ru, code), (0, FUSE_NOTIFY_POLL));
+        let (n, _) = NotifyPollWakeupOut::read_from_prefix(&body).unwrap();
+        assert_eq!(n.kh, 99);
+        // No change, no second notification.
+        h.server.wake();
+        assert!(h.reply().is_none());
+        // Re-polling reports it; release forgets the poller.
+        let u = h.send(FUSE_POLL, ROOT_ID, p.as_bytes());
+        let (ru, _, body) = h.reply().unwrap();
+        assert_eq!(ru, u);
+        let (out, _) = PollOut::read_from_prefix(&body).unwrap();
+        assert_eq!(out.revents, linux::POLLIN);
+        let rel = ReleaseIn {
+            fh,
+            ..Default::default()
+        };
+        h.send(FUSE_RELEASE, ROOT_ID, rel.as_bytes());
+        h.reply().unwrap();
+        assert_eq!(h.server.pollers(), 0);
+    }
+
+    #[test]
+    fn attributes_never_claim_a_device() {
+        let mut st = Stat {
+            st_mode: syscall::flag::MODE_CHR | 0o600,
+            ..Default::default()
+        };
+        assert_eq!(attr_from_stat(&st, 3).mode, linux::S_IFREG | 0o600);
+        st.st_mode = MODE_DIR | 0o755;
+        let a = attr_from_stat(&st, 3);
+        assert_eq!(a.mode, linux::S_IFDIR | 0o755);
+        assert_eq!(a.nlink, 2);
+        assert_eq!(a.blksize, 4096);
+    }
 }

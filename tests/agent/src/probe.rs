@@ -55,8 +55,16 @@ fn parse_num(s: &str) -> Option<u64> {
 
 fn run(args: &[String]) -> Result<String, Errno> {
     let nonblock = args.iter().any(|a| a == "--nonblock");
-    let args: Vec<&str> = args.iter().map(String::as_str).filter(|a| *a != "--nonblock").collect();
-    let extra = if nonblock { OFlags::NONBLOCK } else { OFlags::empty() };
+    let args: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| *a != "--nonblock")
+        .collect();
+    let extra = if nonblock {
+        OFlags::NONBLOCK
+    } else {
+        OFlags::empty()
+    };
     match args.as_slice() {
         ["read", path, count] => {
             let count = parse_num(count).ok_or(Errno::INVAL)? as usize;
@@ -85,7 +93,11 @@ fn run(args: &[String]) -> Result<String, Errno> {
                 tv_nsec: ((ms % 1000) * 1_000_000) as i64,
             };
             let n = poll(&mut fds, Some(&ts))?;
-            Ok(if n > 0 { "ready".to_owned() } else { "timeout".to_owned() })
+            Ok(if n > 0 {
+                "ready".to_owned()
+            } else {
+                "timeout".to_owned()
+            })
         }
         ["ioctl", path, cmd] => {
             let cmd = parse_num(cmd).ok_or(Errno::INVAL)?;
@@ -96,7 +108,13 @@ fn run(args: &[String]) -> Result<String, Errno> {
             // can name for restricted FUSE ioctls, so nothing is written past it.
             let mut buf = vec![0u8; 16384];
             let r = unsafe {
-                rustix::ioctl::ioctl(&fd, RawIoctl { cmd: cmd as u32, arg: buf.as_mut_ptr() })
+                rustix::ioctl::ioctl(
+                    &fd,
+                    RawIoctl {
+                        cmd: cmd as u32,
+                        arg: buf.as_mut_ptr(),
+                    },
+                )
             }?;
             Ok(format!("ok {r}"))
         }

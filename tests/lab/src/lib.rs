@@ -38,10 +38,21 @@ pub fn image_dir() -> PathBuf {
 /// IOMMU (it must come before the devices it translates for).
 pub fn machine_args(memory_mb: u32, smp: u32) -> Vec<String> {
     [
-        "-machine", "q35,kernel-irqchip=split", "-accel", "tcg",
-        "-m", &memory_mb.to_string(), "-smp", &smp.to_string(),
-        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-        "-device", "intel-iommu,intremap=on,caching-mode=on",
+        "-machine",
+        "q35,kernel-irqchip=split",
+        "-accel",
+        "tcg",
+        "-m",
+        &memory_mb.to_string(),
+        "-smp",
+        &smp.to_string(),
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-device",
+        "intel-iommu,intremap=on,caching-mode=on",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -102,7 +113,11 @@ impl Config {
     }
 
     pub fn file(mut self, path: &str, data: &[u8], mode: u32) -> Config {
-        self.files.push(ExtraFile { path: path.to_owned(), data: data.to_vec(), mode });
+        self.files.push(ExtraFile {
+            path: path.to_owned(),
+            data: data.to_vec(),
+            mode,
+        });
         self
     }
 }
@@ -162,7 +177,8 @@ fn unique_dir(name: &str) -> Result<PathBuf> {
 /// Writes `base` followed by a newc archive of `files` to `out`: the kernel
 /// unpacks concatenated archives in order, so these override the image's.
 pub fn initrd_with(base: &Path, files: &[ExtraFile], out: &Path) -> Result<()> {
-    let mut data = std::fs::read(base).map_err(|e| format!("cannot read {}: {e} (run `make image`)", base.display()))?;
+    let mut data = std::fs::read(base)
+        .map_err(|e| format!("cannot read {}: {e} (run `make image`)", base.display()))?;
     while data.len() % 4 != 0 {
         data.push(0);
     }
@@ -178,7 +194,9 @@ pub fn initrd_with(base: &Path, files: &[ExtraFile], out: &Path) -> Result<()> {
     }
     let write_err = |e: std::io::Error| format!("cannot write archive: {e}");
     for d in &dirs {
-        let w = cpio::newc::Builder::new(d).mode(0o040755).write(&mut archive, 0);
+        let w = cpio::newc::Builder::new(d)
+            .mode(0o040755)
+            .write(&mut archive, 0);
         w.finish().map_err(write_err)?;
     }
     for f in files {
@@ -200,7 +218,10 @@ fn connect(path: &Path, deadline: Instant, child: &mut Child) -> Result<UnixStre
             Ok(s) => return Ok(s),
             Err(e) => {
                 if let Ok(Some(status)) = child.try_wait() {
-                    return Err(format!("QEMU exited ({status}) before {} was ready", path.display()));
+                    return Err(format!(
+                        "QEMU exited ({status}) before {} was ready",
+                        path.display()
+                    ));
                 }
                 if Instant::now() >= deadline {
                     return Err(format!("cannot connect to {}: {e}", path.display()));
@@ -226,7 +247,10 @@ impl Vm {
         };
         let kernel = image.join("vmlinuz");
         if !kernel.exists() {
-            return Err(format!("{} is missing: run `make image` first", kernel.display()));
+            return Err(format!(
+                "{} is missing: run `make image` first",
+                kernel.display()
+            ));
         }
         let console_sock = dir.join("console.sock");
         let agent_sock = dir.join("agent.sock");
@@ -236,16 +260,30 @@ impl Vm {
 
         let mut args = machine_args(cfg.memory_mb, cfg.smp);
         args.extend([
-            "-kernel".into(), kernel.display().to_string(),
-            "-initrd".into(), initrd.display().to_string(),
-            "-append".into(), kernel_cmdline(&cmdline),
+            "-kernel".into(),
+            kernel.display().to_string(),
+            "-initrd".into(),
+            initrd.display().to_string(),
+            "-append".into(),
+            kernel_cmdline(&cmdline),
             // wait=on: QEMU starts the guest only once we listen, so not a
             // byte of the console is lost.
-            "-chardev".into(), format!("socket,id=con0,path={},server=on,wait=on", console_sock.display()),
-            "-serial".into(), "chardev:con0".into(),
-            "-chardev".into(), format!("socket,id=agent0,path={},server=on,wait=off", agent_sock.display()),
-            "-serial".into(), "chardev:agent0".into(),
-            "-qmp".into(), format!("unix:{},server=on,wait=off", qmp_sock.display()),
+            "-chardev".into(),
+            format!(
+                "socket,id=con0,path={},server=on,wait=on",
+                console_sock.display()
+            ),
+            "-serial".into(),
+            "chardev:con0".into(),
+            "-chardev".into(),
+            format!(
+                "socket,id=agent0,path={},server=on,wait=off",
+                agent_sock.display()
+            ),
+            "-serial".into(),
+            "chardev:agent0".into(),
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", qmp_sock.display()),
         ]);
         args.extend(cfg.qemu_args.iter().cloned());
 
@@ -270,7 +308,9 @@ impl Vm {
                 return Err(format!("{e}\nQEMU said: {stderr}"));
             }
         };
-        let log_path = workspace_root().join("target/lab").join(format!("{}.console.log", cfg.name));
+        let log_path = workspace_root()
+            .join("target/lab")
+            .join(format!("{}.console.log", cfg.name));
         let _ = std::fs::create_dir_all(log_path.parent().unwrap_or(Path::new(".")));
         spawn_console_reader(con_stream, console.clone(), log_path);
 
@@ -284,7 +324,10 @@ impl Vm {
             dir,
             boot_wall: 0.0,
         };
-        vm.wait_console(READY_BANNER, deadline.saturating_duration_since(Instant::now()))?;
+        vm.wait_console(
+            READY_BANNER,
+            deadline.saturating_duration_since(Instant::now()),
+        )?;
         vm.boot_wall = started.elapsed().as_secs_f64();
         let agent = connect(&agent_sock, deadline, &mut vm.child)?;
         vm.agent = BufReader::new(agent);
@@ -301,7 +344,10 @@ impl Vm {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(format!("the guest agent never answered\n{}", self.console_tail()));
+                return Err(format!(
+                    "the guest agent never answered\n{}",
+                    self.console_tail()
+                ));
             }
             match self.sh_timeout("true", Duration::from_secs(5).min(left)) {
                 Ok(out) if out.success() => return Ok(()),
@@ -312,13 +358,19 @@ impl Vm {
 
     /// All console output so far.
     pub fn console(&self) -> String {
-        self.console.text.lock().map(|t| t.clone()).unwrap_or_default()
+        self.console
+            .text
+            .lock()
+            .map(|t| t.clone())
+            .unwrap_or_default()
     }
 
     fn console_tail(&self) -> String {
         let text = self.console();
         let start = text.len().saturating_sub(3000);
-        let start = (start..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len());
+        let start = (start..text.len())
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(text.len());
         format!("--- console (tail) ---\n{}", &text[start..])
     }
 
@@ -329,7 +381,12 @@ impl Vm {
 
     /// Like `wait_console`, but only looks at output after byte `from`
     /// (take it from `console().len()` before triggering the event).
-    pub fn wait_console_after(&mut self, from: usize, needle: &str, timeout: Duration) -> Result<()> {
+    pub fn wait_console_after(
+        &mut self,
+        from: usize,
+        needle: &str,
+        timeout: Duration,
+    ) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let Ok(mut text) = self.console.text.lock() else {
             return Err("console lock poisoned".into());
@@ -341,11 +398,17 @@ impl Vm {
             let now = Instant::now();
             if now >= deadline {
                 drop(text);
-                return Err(format!("console never printed {needle:?} within {timeout:?}\n{}", self.console_tail()));
+                return Err(format!(
+                    "console never printed {needle:?} within {timeout:?}\n{}",
+                    self.console_tail()
+                ));
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 drop(text);
-                return Err(format!("QEMU exited ({status}) waiting for {needle:?}\n{}", self.console_tail()));
+                return Err(format!(
+                    "QEMU exited ({status}) waiting for {needle:?}\n{}",
+                    self.console_tail()
+                ));
             }
             // Wake at least every 200 ms to notice QEMU dying.
             let wait = (deadline - now).min(Duration::from_millis(200));
@@ -383,7 +446,10 @@ impl Vm {
         let req = json!({"id": id, "sh": script, "timeout_ms": timeout.as_millis() as u64});
         let mut line = req.to_string();
         line.push('\n');
-        self.agent.get_mut().write_all(line.as_bytes()).map_err(|e| format!("agent write: {e}"))?;
+        self.agent
+            .get_mut()
+            .write_all(line.as_bytes())
+            .map_err(|e| format!("agent write: {e}"))?;
         // The agent kills the script at `timeout`; allow for the transfer.
         let deadline = Instant::now() + timeout + Duration::from_secs(15);
         loop {
@@ -391,7 +457,10 @@ impl Vm {
             if left.is_zero() {
                 return Err(format!("no answer from the agent for: {script}"));
             }
-            self.agent.get_mut().set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
+            self.agent
+                .get_mut()
+                .set_read_timeout(Some(left))
+                .map_err(|e| e.to_string())?;
             let mut reply = String::new();
             match self.agent.read_line(&mut reply) {
                 Ok(0) => return Err("agent connection closed".into()),
@@ -409,7 +478,10 @@ impl Vm {
             }
             let b64 = base64::engine::general_purpose::STANDARD;
             let field = |k: &str| -> Vec<u8> {
-                v.get(k).and_then(Value::as_str).and_then(|s| b64.decode(s).ok()).unwrap_or_default()
+                v.get(k)
+                    .and_then(Value::as_str)
+                    .and_then(|s| b64.decode(s).ok())
+                    .unwrap_or_default()
             };
             return Ok(Output {
                 code: v.get("code").and_then(Value::as_i64).map(|c| c as i32),
@@ -428,8 +500,12 @@ impl Vm {
     }
 
     fn qmp_read_reply(&mut self) -> Result<Value> {
-        let Some(qmp) = self.qmp.as_mut() else { return Err("no QMP connection".into()) };
-        qmp.get_mut().set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+        let Some(qmp) = self.qmp.as_mut() else {
+            return Err("no QMP connection".into());
+        };
+        qmp.get_mut()
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(|e| e.to_string())?;
         loop {
             let mut line = String::new();
             match qmp.read_line(&mut line) {
@@ -437,7 +513,8 @@ impl Vm {
                 Ok(_) => {}
                 Err(e) => return Err(format!("QMP read: {e}")),
             }
-            let v: Value = serde_json::from_str(line.trim()).map_err(|e| format!("QMP: {e}: {line}"))?;
+            let v: Value =
+                serde_json::from_str(line.trim()).map_err(|e| format!("QMP: {e}: {line}"))?;
             if v.get("event").is_some() {
                 continue;
             }
@@ -447,10 +524,14 @@ impl Vm {
 
     /// Runs a QMP command and returns its `return` value.
     pub fn qmp(&mut self, command: &str, arguments: Value) -> Result<Value> {
-        let Some(qmp) = self.qmp.as_mut() else { return Err("no QMP connection".into()) };
+        let Some(qmp) = self.qmp.as_mut() else {
+            return Err("no QMP connection".into());
+        };
         let mut line = json!({"execute": command, "arguments": arguments}).to_string();
         line.push('\n');
-        qmp.get_mut().write_all(line.as_bytes()).map_err(|e| format!("QMP write: {e}"))?;
+        qmp.get_mut()
+            .write_all(line.as_bytes())
+            .map_err(|e| format!("QMP write: {e}"))?;
         let v = self.qmp_read_reply()?;
         match v.get("return") {
             Some(r) => Ok(r.clone()),
@@ -463,7 +544,10 @@ impl Vm {
     pub fn poweroff(mut self, timeout: Duration) -> Result<ExitStatus> {
         // The agent may be stopped before it can answer: do not wait for it.
         let line = json!({"id": 0, "sh": "poweroff", "timeout_ms": 10000}).to_string() + "\n";
-        self.agent.get_mut().write_all(line.as_bytes()).map_err(|e| format!("agent write: {e}"))?;
+        self.agent
+            .get_mut()
+            .write_all(line.as_bytes())
+            .map_err(|e| format!("agent write: {e}"))?;
         self.wait_exit(timeout)
     }
 
@@ -475,7 +559,10 @@ impl Vm {
                 return Ok(status);
             }
             if Instant::now() >= deadline {
-                return Err(format!("QEMU still running {timeout:?} after poweroff\n{}", self.console_tail()));
+                return Err(format!(
+                    "QEMU still running {timeout:?} after poweroff\n{}",
+                    self.console_tail()
+                ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }

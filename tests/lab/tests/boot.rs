@@ -30,12 +30,20 @@ fn boot_schemes_and_poweroff() -> lab::Result<()> {
     // The kernel modules init loaded from the image.
     let modules = vm.ok("cut -d' ' -f1 /proc/modules")?;
     for m in ["fuse", "vfio", "vfio_pci", "vfio_iommu_type1"] {
-        assert!(modules.lines().any(|l| l == m), "module {m} not loaded: {modules}");
+        assert!(
+            modules.lines().any(|l| l == m),
+            "module {m} not loaded: {modules}"
+        );
     }
 
     // Every scheme daemon runs as its own non-root uid with no capabilities
     // and cannot gain any through exec.
-    for (daemon, user) in [("nulld", 100), ("zerod", 101), ("randd", 102), ("fifod", 103)] {
+    for (daemon, user) in [
+        ("nulld", 100),
+        ("zerod", 101),
+        ("randd", 102),
+        ("fifod", 103),
+    ] {
         let status = vm.ok(&format!("cat /proc/$(pidof {daemon})/status"))?;
         let field = |name: &str| {
             status
@@ -59,9 +67,15 @@ fn boot_schemes_and_poweroff() -> lab::Result<()> {
         assert!(logs.contains(log), "missing /var/log/{log}: {logs}");
     }
     let init_log = vm.ok("cat /var/log/init.log")?;
-    assert!(init_log.contains("scheme fifo registered by fifo"), "{init_log}");
+    assert!(
+        init_log.contains("scheme fifo registered by fifo"),
+        "{init_log}"
+    );
 
     let status = vm.poweroff(Duration::from_secs(60))?;
-    assert!(status.success(), "QEMU exit status after poweroff: {status}");
+    assert!(
+        status.success(),
+        "QEMU exit status after poweroff: {status}"
+    );
     Ok(())
 }

@@ -23,7 +23,10 @@ fn schemes_behave() -> lab::Result<()> {
 
     // After everything above, every daemon is still the one init started.
     let console = vm.console();
-    assert!(!console.contains("exited unexpectedly"), "a daemon died:\n{console}");
+    assert!(
+        !console.contains("exited unexpectedly"),
+        "a daemon died:\n{console}"
+    );
     for d in ["nulld", "zerod", "randd", "fifod"] {
         vm.ok(&format!("pidof {d}"))?;
     }
@@ -31,7 +34,11 @@ fn schemes_behave() -> lab::Result<()> {
 }
 
 fn null_zero_rand(vm: &mut Vm) -> lab::Result<()> {
-    assert_eq!(vm.ok("dd if=/scheme/null bs=4096 count=4 2>/dev/null | wc -c")?.trim(), "0");
+    assert_eq!(
+        vm.ok("dd if=/scheme/null bs=4096 count=4 2>/dev/null | wc -c")?
+            .trim(),
+        "0"
+    );
     vm.ok("echo discarded > /scheme/null")?;
     assert_eq!(vm.ok("stat -c %s /scheme/null")?.trim(), "0");
 
@@ -77,33 +84,52 @@ fn fifo_blocking_and_wakeups(vm: &mut Vm) -> lab::Result<()> {
     assert_eq!(out.stdout_str().trim(), "err EAGAIN");
 
     // poll: times out while empty, wakes when data arrives.
-    assert_eq!(vm.ok("probe poll /scheme/fifo/polled in 300")?.trim(), "timeout");
+    assert_eq!(
+        vm.ok("probe poll /scheme/fifo/polled in 300")?.trim(),
+        "timeout"
+    );
     let pid = start_blocked(vm, "poll /scheme/fifo/polled in 60000", "/tmp/poll.out")?;
     vm.ok("probe write /scheme/fifo/polled x")?;
     assert_eq!(finish(vm, &pid, "/tmp/poll.out")?, "ready");
-    assert_eq!(vm.ok("probe read /scheme/fifo/polled 10")?.trim(), "ok 1 78");
+    assert_eq!(
+        vm.ok("probe read /scheme/fifo/polled 10")?.trim(),
+        "ok 1 78"
+    );
 
     // A full FIFO: non-blocking writes get EAGAIN, a blocking writer waits
     // until a reader makes room.
     vm.ok("head -c 4096 /dev/zero > /scheme/fifo/full")?;
     let out = vm.sh("probe write --nonblock /scheme/fifo/full y")?;
     assert_eq!(out.stdout_str().trim(), "err EAGAIN");
-    assert_eq!(vm.ok("probe poll /scheme/fifo/full out 300")?.trim(), "timeout");
+    assert_eq!(
+        vm.ok("probe poll /scheme/fifo/full out 300")?.trim(),
+        "timeout"
+    );
     let pid = start_blocked(vm, "write /scheme/fifo/full later", "/tmp/full.out")?;
     vm.ok("dd if=/scheme/fifo/full bs=4096 count=1 of=/dev/null 2>/dev/null")?;
     assert_eq!(finish(vm, &pid, "/tmp/full.out")?, "ok 5");
-    assert_eq!(vm.ok("probe read /scheme/fifo/full 100")?.trim(), "ok 5 6c61746572");
+    assert_eq!(
+        vm.ok("probe read /scheme/fifo/full 100")?.trim(),
+        "ok 5 6c61746572"
+    );
 
     // The clear call empties it.
     vm.ok("probe write /scheme/fifo/cleared abc")?;
-    assert_eq!(vm.ok(&format!("probe ioctl /scheme/fifo/cleared {FIFO_CLEAR}"))?.trim(), "ok 0");
+    assert_eq!(
+        vm.ok(&format!("probe ioctl /scheme/fifo/cleared {FIFO_CLEAR}"))?
+            .trim(),
+        "ok 0"
+    );
     let out = vm.sh("probe read --nonblock /scheme/fifo/cleared 10")?;
     assert_eq!(out.stdout_str().trim(), "err EAGAIN");
 
     // The directory lists the FIFOs that exist.
     let listing = vm.ok("ls /scheme/fifo")?;
     for name in ["wake", "polled", "full", "cleared"] {
-        assert!(listing.split_whitespace().any(|n| n == name), "{name} missing from: {listing}");
+        assert!(
+            listing.split_whitespace().any(|n| n == name),
+            "{name} missing from: {listing}"
+        );
     }
     Ok(())
 }
@@ -119,8 +145,17 @@ fn fifo_two_readers(vm: &mut Vm) -> lab::Result<()> {
         "dd if=/scheme/fifo/two of=/tmp/ra bs=160 2>/dev/null & echo $! > /tmp/ra.pid; \
          dd if=/scheme/fifo/two of=/tmp/rb bs=320 2>/dev/null & echo $! > /tmp/rb.pid",
     )?;
-    vm.sh_timeout("dd if=/tmp/src of=/scheme/fifo/two bs=480 2>/dev/null", Duration::from_secs(120))
-        .and_then(|o| if o.success() { Ok(()) } else { Err(format!("writer failed: {}", o.stderr_str())) })?;
+    vm.sh_timeout(
+        "dd if=/tmp/src of=/scheme/fifo/two bs=480 2>/dev/null",
+        Duration::from_secs(120),
+    )
+    .and_then(|o| {
+        if o.success() {
+            Ok(())
+        } else {
+            Err(format!("writer failed: {}", o.stderr_str()))
+        }
+    })?;
     // Wait until the readers have everything, then stop them (they would
     // block forever on the empty FIFO otherwise).
     vm.ok(&format!(
@@ -136,30 +171,53 @@ fn fifo_two_readers(vm: &mut Vm) -> lab::Result<()> {
     assert!(b.windows(2).all(|w| w[0] < w[1]), "reader B out of order");
     let mut all: Vec<u32> = a.iter().chain(b.iter()).copied().collect();
     all.sort_unstable();
-    assert_eq!(all, (0..records).collect::<Vec<u32>>(), "records lost or duplicated");
+    assert_eq!(
+        all,
+        (0..records).collect::<Vec<u32>>(),
+        "records lost or duplicated"
+    );
     eprintln!("two readers: A got {} records, B got {}", a.len(), b.len());
     Ok(())
 }
 
 fn bad_inputs(vm: &mut Vm) -> lab::Result<()> {
     // Unknown scheme and a path below a file.
-    assert_eq!(vm.sh("probe open /scheme/nosuch r")?.stdout_str().trim(), "err ENOENT");
-    assert_eq!(vm.sh("probe open /scheme/null/x r")?.stdout_str().trim(), "err ENOTDIR");
+    assert_eq!(
+        vm.sh("probe open /scheme/nosuch r")?.stdout_str().trim(),
+        "err ENOENT"
+    );
+    assert_eq!(
+        vm.sh("probe open /scheme/null/x r")?.stdout_str().trim(),
+        "err ENOTDIR"
+    );
     // rand is read-only.
-    assert_eq!(vm.sh("probe open /scheme/rand w")?.stdout_str().trim(), "err EACCES");
+    assert_eq!(
+        vm.sh("probe open /scheme/rand w")?.stdout_str().trim(),
+        "err EACCES"
+    );
     assert!(!vm.sh("echo x > /scheme/rand")?.success());
     // Directories are not files.
-    assert_eq!(vm.sh("probe write /scheme/fifo x")?.stdout_str().trim(), "err EISDIR");
+    assert_eq!(
+        vm.sh("probe write /scheme/fifo x")?.stdout_str().trim(),
+        "err EISDIR"
+    );
     // One 64 MiB read: served in the kernel's chunks, all zeros.
     let out = vm.ok("dd if=/scheme/zero bs=64M count=1 2>/dev/null | wc -c")?;
     assert_eq!(out.trim(), (64u64 << 20).to_string());
     // Garbage calls: a clean error, and the daemon keeps serving.
     for cmd in ["0xdeadbeef", "0x4602", "0xc0104601", "0"] {
         let out = vm.sh(&format!("probe ioctl /scheme/fifo/garbage {cmd}"))?;
-        assert!(out.stdout_str().starts_with("err "), "ioctl {cmd}: {}", out.stdout_str());
+        assert!(
+            out.stdout_str().starts_with("err "),
+            "ioctl {cmd}: {}",
+            out.stdout_str()
+        );
     }
     vm.ok("probe write /scheme/fifo/garbage still-here")?;
-    assert_eq!(vm.ok("probe read /scheme/fifo/garbage 100")?.trim(), "ok 10 7374696c6c2d68657265");
+    assert_eq!(
+        vm.ok("probe read /scheme/fifo/garbage 100")?.trim(),
+        "ok 10 7374696c6c2d68657265"
+    );
     Ok(())
 }
 

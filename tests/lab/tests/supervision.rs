@@ -32,16 +32,25 @@ fn failures_are_reported_and_init_stays_up() -> lab::Result<()> {
     let mut vm = Vm::boot(cfg)?;
     let console = vm.console();
     let expect = |needle: &str| {
-        assert!(console.contains(needle), "console lacks {needle:?}:\n{console}");
+        assert!(
+            console.contains(needle),
+            "console lacks {needle:?}:\n{console}"
+        );
     };
     expect("[crasher] about to fail");
     expect("service crasher failed: exited during start-up: exit status 3");
     expect("service dependent failed: not started: crasher is not running");
     expect("service silent failed: not ready after 3 s, stopping it");
     expect("bad unit /etc/init.d/broken.toml");
-    let banner = console.lines().find(|l| l.contains(lab::READY_BANNER)).unwrap_or_default();
+    let banner = console
+        .lines()
+        .find(|l| l.contains(lab::READY_BANNER))
+        .unwrap_or_default();
     for name in ["crasher", "dependent", "silent"] {
-        assert!(banner.contains(name), "banner does not list {name} as failed: {banner}");
+        assert!(
+            banner.contains(name),
+            "banner does not list {name} as failed: {banner}"
+        );
     }
     // The healthy services came up regardless.
     vm.ok("test -f /scheme/null && test -d /scheme/fifo")?;
@@ -49,18 +58,34 @@ fn failures_are_reported_and_init_stays_up() -> lab::Result<()> {
     // A scheme daemon that crashes later: reported, its scheme unmounted,
     // init and the other schemes unaffected.
     let mark = vm.console().len();
-    vm.ok("kill -SEGV $(pidof fifod)")?;
-    vm.wait_console_after(mark, "service fifo exited unexpectedly: killed by signal 11 (SIGSEGV)", Duration::from_secs(30))?;
+    // SIGABRT is how a Rust daemon that aborts dies (a kill(1)ed SIGSEGV
+    // would only reset std's stack-overflow handler).
+    vm.ok("kill -ABRT $(pidof fifod)")?;
+    vm.wait_console_after(
+        mark,
+        "service fifo exited unexpectedly: killed by signal 6 (SIGABRT)",
+        Duration::from_secs(30),
+    )?;
     vm.wait_console_after(mark, "init: scheme fifo removed", Duration::from_secs(30))?;
     let schemes = vm.ok("ls /scheme")?;
-    assert!(!schemes.split_whitespace().any(|s| s == "fifo"), "fifo still listed: {schemes}");
+    assert!(
+        !schemes.split_whitespace().any(|s| s == "fifo"),
+        "fifo still listed: {schemes}"
+    );
     assert_eq!(vm.ok("cat /proc/1/comm")?.trim(), "init");
-    assert_eq!(vm.ok("dd if=/scheme/zero bs=512 count=2 2>/dev/null | wc -c")?.trim(), "1024");
+    assert_eq!(
+        vm.ok("dd if=/scheme/zero bs=512 count=2 2>/dev/null | wc -c")?
+            .trim(),
+        "1024"
+    );
     let log = vm.ok("cat /var/log/init.log")?;
     assert!(log.contains("service fifo exited unexpectedly"), "{log}");
 
     // And the machine still shuts down cleanly.
     let status = vm.poweroff(Duration::from_secs(60))?;
-    assert!(status.success(), "QEMU exit status after poweroff: {status}");
+    assert!(
+        status.success(),
+        "QEMU exit status after poweroff: {status}"
+    );
     Ok(())
 }

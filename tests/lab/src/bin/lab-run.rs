@@ -52,7 +52,10 @@ fn main() {
     if let Ok(extra) = std::env::var("QEMU_ARGS") {
         args.extend(extra.split_whitespace().map(str::to_owned));
     }
-    eprintln!("lab-run: QMP socket at {}; Ctrl-A x quits, Ctrl-A c is the monitor", qmp.display());
+    eprintln!(
+        "lab-run: QMP socket at {}; Ctrl-A x quits, Ctrl-A c is the monitor",
+        qmp.display()
+    );
     let err = Command::new("qemu-system-x86_64").args(&args).exec();
     eprintln!("lab-run: cannot start qemu-system-x86_64: {err}");
     std::process::exit(1);
