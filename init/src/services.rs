@@ -438,11 +438,7 @@ impl Services {
                 format!("cannot create {}: {e}", target.display()),
             )
         })?;
-        let fuse_kind = match kind {
-            RootKind::Dir => scheme::mount::RootKind::Dir,
-            RootKind::File => scheme::mount::RootKind::File,
-        };
-        match scheme::mount::mount_fuse(&target, fuse_kind, uid, gid) {
+        match scheme::mount_fuse(&target, kind, uid, gid) {
             Ok(fd) => {
                 self.owners.insert(scheme.to_owned(), i);
                 self.list[i].schemes.push(scheme.to_owned());

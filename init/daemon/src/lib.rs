@@ -72,7 +72,8 @@ impl Daemon {
         self.register(name, RootKind::File)
     }
 
-    fn register(&self, name: &str, kind: RootKind) -> io::Result<OwnedFd> {
+    /// Registers `name` with the given root type.
+    pub fn register(&self, name: &str, kind: RootKind) -> io::Result<OwnedFd> {
         self.send(&proto::Request::Register(name.to_owned(), kind).encode())?;
         let (reply, fd) = recv_with_fd(self.control.as_fd())?;
         match proto::Reply::decode(&reply) {

@@ -10,7 +10,9 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use scheme::{ioctl, CallerCtx, DirEntry, DirentBuf, DirentKind, OpenResult, Scheme, Stat};
+use scheme::{
+    ioctl, CallerCtx, DirEntry, DirentBuf, DirentKind, Handles, OpenResult, Scheme, Stat,
+};
 use syscall::error::{
     Error, Result, EAGAIN, EBADF, EEXIST, EINVAL, EISDIR, ENAMETOOLONG, ENOENT, ENOTDIR, ENOTTY,
 };
@@ -53,8 +55,7 @@ enum Handle {
 #[derive(Default)]
 pub struct FifoScheme {
     fifos: BTreeMap<String, Fifo>,
-    handles: BTreeMap<usize, Handle>,
-    next_id: usize,
+    handles: Handles<Handle>,
 }
 
 impl FifoScheme {
@@ -68,21 +69,18 @@ impl FifoScheme {
     }
 
     fn insert(&mut self, h: Handle) -> usize {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.handles.insert(id, h);
-        id
+        self.handles.insert(h)
     }
 
     fn fifo(&mut self, id: usize) -> Result<(&mut Fifo, bool, bool)> {
-        match self.handles.get(&id) {
-            Some(Handle::Fifo { name, read, write }) => {
+        match self.handles.get(id)? {
+            Handle::Fifo { name, read, write } => {
                 let (r, w) = (*read, *write);
                 let f = self.fifos.get_mut(name).ok_or(Error::new(EBADF))?;
                 Ok((f, r, w))
             }
-            Some(Handle::Root) => Err(Error::new(EISDIR)),
-            Some(Handle::Probe) | None => Err(Error::new(EBADF)),
+            Handle::Root => Err(Error::new(EISDIR)),
+            Handle::Probe => Err(Error::new(EBADF)),
         }
     }
 }
@@ -183,16 +181,15 @@ impl Scheme for FifoScheme {
     }
 
     fn fstat(&mut self, id: usize, stat: &mut Stat, _ctx: &CallerCtx) -> Result<()> {
-        match self.handles.get(&id) {
-            Some(Handle::Root) => {
+        match self.handles.get(id)? {
+            Handle::Root => {
                 stat.st_mode = MODE_DIR | 0o777;
             }
-            Some(Handle::Fifo { name, .. }) => {
+            Handle::Fifo { name, .. } => {
                 stat.st_mode = MODE_FILE | 0o666;
                 stat.st_size = self.fifos.get(name).map_or(0, |f| f.data.len() as u64);
             }
-            Some(Handle::Probe) => stat.st_mode = MODE_FILE | 0o666,
-            None => return Err(Error::new(EBADF)),
+            Handle::Probe => stat.st_mode = MODE_FILE | 0o666,
         }
         stat.st_nlink = 1;
         stat.st_blksize = CAPACITY as u32;
@@ -206,10 +203,8 @@ impl Scheme for FifoScheme {
         opaque_offset: u64,
         _ctx: &CallerCtx,
     ) -> Result<()> {
-        match self.handles.get(&id) {
-            Some(Handle::Root) => {}
-            Some(_) => return Err(Error::new(ENOTDIR)),
-            None => return Err(Error::new(EBADF)),
+        if !matches!(self.handles.get(id)?, Handle::Root) {
+            return Err(Error::new(ENOTDIR));
         }
         // The offset is the index of the next entry (the map is ordered and
         // FIFOs are never removed, so indexes are stable).
@@ -268,7 +263,7 @@ impl Scheme for FifoScheme {
     }
 
     fn on_close(&mut self, id: usize) {
-        self.handles.remove(&id);
+        self.handles.remove(id);
     }
 }
 

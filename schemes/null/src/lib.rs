@@ -1,16 +1,13 @@
 //! `/scheme/null`: a single file; reads give end of file, writes swallow
 //! everything.
 
-use std::collections::BTreeSet;
-
-use scheme::{CallerCtx, OpenResult, Scheme, Stat};
-use syscall::error::{Error, Result, EBADF, ENOENT};
+use scheme::{CallerCtx, Handles, OpenResult, Scheme, Stat};
+use syscall::error::{Error, Result, ENOENT};
 use syscall::flag::MODE_FILE;
 
 #[derive(Default)]
 pub struct NullScheme {
-    handles: BTreeSet<usize>,
-    next_id: usize,
+    handles: Handles<()>,
 }
 
 impl NullScheme {
@@ -19,11 +16,7 @@ impl NullScheme {
     }
 
     fn check(&self, id: usize) -> Result<()> {
-        if self.handles.contains(&id) {
-            Ok(())
-        } else {
-            Err(Error::new(EBADF))
-        }
+        self.handles.get(id).map(|_| ())
     }
 }
 
@@ -32,10 +25,7 @@ impl Scheme for NullScheme {
         if !path.is_empty() {
             return Err(Error::new(ENOENT));
         }
-        let id = self.next_id;
-        self.next_id += 1;
-        self.handles.insert(id);
-        Ok(OpenResult::file(id))
+        Ok(OpenResult::file(self.handles.insert(())))
     }
 
     fn read(
@@ -73,13 +63,14 @@ impl Scheme for NullScheme {
     }
 
     fn on_close(&mut self, id: usize) {
-        self.handles.remove(&id);
+        self.handles.remove(id);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use syscall::error::EBADF;
     use syscall::flag::O_RDWR;
 
     #[test]

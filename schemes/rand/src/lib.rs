@@ -1,16 +1,13 @@
 //! `/scheme/rand`: a single read-only file of random bytes from the kernel
 //! (`getrandom(2)`). Opening it for writing gives `EACCES`.
 
-use std::collections::BTreeSet;
-
-use scheme::{CallerCtx, OpenResult, Scheme, Stat};
+use scheme::{CallerCtx, Handles, OpenResult, Scheme, Stat};
 use syscall::error::{Error, Result, EACCES, EBADF, EIO, ENOENT};
 use syscall::flag::{MODE_FILE, O_ACCMODE, O_RDONLY, O_STAT};
 
 #[derive(Default)]
 pub struct RandScheme {
-    handles: BTreeSet<usize>,
-    next_id: usize,
+    handles: Handles<()>,
 }
 
 impl RandScheme {
@@ -19,11 +16,7 @@ impl RandScheme {
     }
 
     fn check(&self, id: usize) -> Result<()> {
-        if self.handles.contains(&id) {
-            Ok(())
-        } else {
-            Err(Error::new(EBADF))
-        }
+        self.handles.get(id).map(|_| ())
     }
 }
 
@@ -48,10 +41,7 @@ impl Scheme for RandScheme {
         if flags & O_STAT == 0 && flags & O_ACCMODE != O_RDONLY {
             return Err(Error::new(EACCES));
         }
-        let id = self.next_id;
-        self.next_id += 1;
-        self.handles.insert(id);
-        Ok(OpenResult::file(id))
+        Ok(OpenResult::file(self.handles.insert(())))
     }
 
     fn read(
@@ -88,7 +78,7 @@ impl Scheme for RandScheme {
     }
 
     fn on_close(&mut self, id: usize) {
-        self.handles.remove(&id);
+        self.handles.remove(id);
     }
 }
 

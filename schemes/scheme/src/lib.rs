@@ -11,6 +11,8 @@
 
 pub mod abi;
 pub mod convert;
+mod daemon_main;
+mod handles;
 pub mod mount;
 mod nodes;
 mod server;
@@ -18,6 +20,8 @@ mod server;
 pub mod testing;
 
 pub use convert::ioctl;
+pub use daemon_main::run_daemon;
+pub use handles::Handles;
 pub use mount::{mount_fuse, unmount, RootKind};
 pub use server::{Server, Status};
 

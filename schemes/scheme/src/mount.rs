@@ -8,15 +8,9 @@ use std::path::Path;
 use rustix::fs::{Mode, OFlags};
 use rustix::mount::{MountFlags, UnmountFlags};
 
-/// What the root of a scheme's mount is. The mount point must be of the same
-/// type: a directory for `Dir`, a regular file for `File`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RootKind {
-    /// `/scheme/fifo/<name>`: the root is a directory (`rootmode=40000`).
-    Dir,
-    /// `/scheme/null`: the root is a single file (`rootmode=100000`).
-    File,
-}
+/// What the root of a scheme's mount is (`Dir`: `rootmode=40000`, `File`:
+/// `rootmode=100000`); the same type a daemon names when it registers.
+pub use daemon::RootKind;
 
 /// Opens `/dev/fuse` and mounts it on `target`, returning the fd to hand to
 /// the daemon that serves it. The mount's source (shown in

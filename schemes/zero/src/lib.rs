@@ -2,16 +2,13 @@
 //! size; the kernel splits big reads into 1 MiB requests), writes swallow
 //! everything.
 
-use std::collections::BTreeSet;
-
-use scheme::{CallerCtx, OpenResult, Scheme, Stat};
-use syscall::error::{Error, Result, EBADF, ENOENT};
+use scheme::{CallerCtx, Handles, OpenResult, Scheme, Stat};
+use syscall::error::{Error, Result, ENOENT};
 use syscall::flag::MODE_FILE;
 
 #[derive(Default)]
 pub struct ZeroScheme {
-    handles: BTreeSet<usize>,
-    next_id: usize,
+    handles: Handles<()>,
 }
 
 impl ZeroScheme {
@@ -20,11 +17,7 @@ impl ZeroScheme {
     }
 
     fn check(&self, id: usize) -> Result<()> {
-        if self.handles.contains(&id) {
-            Ok(())
-        } else {
-            Err(Error::new(EBADF))
-        }
+        self.handles.get(id).map(|_| ())
     }
 }
 
@@ -33,10 +26,7 @@ impl Scheme for ZeroScheme {
         if !path.is_empty() {
             return Err(Error::new(ENOENT));
         }
-        let id = self.next_id;
-        self.next_id += 1;
-        self.handles.insert(id);
-        Ok(OpenResult::file(id))
+        Ok(OpenResult::file(self.handles.insert(())))
     }
 
     fn read(
@@ -76,7 +66,7 @@ impl Scheme for ZeroScheme {
     }
 
     fn on_close(&mut self, id: usize) {
-        self.handles.remove(&id);
+        self.handles.remove(id);
     }
 }
 

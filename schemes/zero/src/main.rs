@@ -1,22 +1,5 @@
 //! zerod: serves `/scheme/zero` (see the library for the semantics).
 
-use std::process::ExitCode;
-
-fn run() -> std::io::Result<()> {
-    let d = daemon::Daemon::from_env()?;
-    let fd = d.register_file_scheme("zero")?;
-    let server = scheme::Server::new(fd, zerod::ZeroScheme::new())?;
-    d.ready()?;
-    server.run()
-}
-
-fn main() -> ExitCode {
-    daemon::init_logging();
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            log::error!("zerod: {e}");
-            ExitCode::FAILURE
-        }
-    }
+fn main() -> std::process::ExitCode {
+    scheme::run_daemon("zero", scheme::RootKind::File, zerod::ZeroScheme::new())
 }
