@@ -41,6 +41,8 @@ pub struct Service {
     sink: OutputSink,
     /// Schemes this instance registered, unmounted when it exits.
     schemes: Vec<String>,
+    /// uid and gid it runs as, resolved once at spawn; its mounts get them.
+    ids: (u32, u32),
     stopping: bool,
 }
 
@@ -73,6 +75,7 @@ impl Services {
                 control: None,
                 output: None,
                 schemes: Vec::new(),
+                ids: (0, 0),
                 stopping: false,
             })
             .collect();
@@ -270,6 +273,7 @@ impl Services {
         let svc = &mut self.list[i];
         svc.control = Some(ours);
         svc.output = Some(out_r);
+        svc.ids = ids.unwrap_or((0, 0));
         svc.stopping = false;
         say(&format!(
             "started {} (pid {}): {}",
@@ -423,10 +427,7 @@ impl Services {
                 ),
             ));
         }
-        let (uid, gid) = match &unit.user {
-            None => (0, 0),
-            Some(u) => lookup_user(&self.passwd, u).unwrap_or((0, 0)),
-        };
+        let (uid, gid) = self.list[i].ids;
         let target = self.scheme_root.join(scheme);
         let made = match kind {
             RootKind::Dir => fs::create_dir(&target),
