@@ -3,11 +3,12 @@
 
 CARGO       ?= cargo
 TARGET      := x86_64-unknown-linux-gnu
-BINS        := target/$(TARGET)/release
+TARGET_DIR  ?= $(or $(CARGO_TARGET_DIR),target)
+BINS        := $(TARGET_DIR)/$(TARGET)/release
 BUILD       := build
-IMAGE       := $(BUILD)/image
+IMAGE       ?= $(or $(LAB_IMAGE_DIR),$(BUILD)/image)
 KERNEL_DIR  := $(BUILD)/kernel
-APT_PACKAGES := qemu-system-x86 busybox-static cpio
+APT_PACKAGES := qemu-system-x86 busybox-static cpio gdisk
 
 .PHONY: all deps image run test check bench clean
 
@@ -37,6 +38,10 @@ run: image
 # then the QEMU scenarios in tests/lab, which boot the image.
 test: image
 	$(CARGO) test --release --workspace -- --include-ignored
+
+# Our drivers against Linux's on identical devices in one VM: prints ratios.
+bench: image
+	$(BINS)/lab-bench
 
 check:
 	$(CARGO) fmt --all -- --check

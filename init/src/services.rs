@@ -44,6 +44,9 @@ pub struct Service {
     /// uid and gid it runs as, resolved once at spawn; its mounts get them.
     ids: (u32, u32),
     stopping: bool,
+    /// Capability fds an enumerator passed for this instance; handed to the
+    /// child as fds 4, 5, … and closed in init once it is started.
+    passed: Vec<OwnedFd>,
 }
 
 /// epoll tokens: service index * 2 + channel; the signalfd uses `SIGNAL_TOKEN`.
@@ -58,33 +61,91 @@ pub struct Services {
     scheme_root: PathBuf,
     /// Registered scheme name → index of its service.
     owners: HashMap<String, usize>,
+    /// Template units by name, instantiated on an enumerator's request.
+    templates: HashMap<String, Unit>,
 }
 
 /// Environment every service starts with (plus its unit's `env`).
 const BASE_PATH: &str = "/bin:/sbin:/usr/bin:/usr/sbin";
 
+impl Service {
+    fn new(unit: Unit) -> Service {
+        Service {
+            sink: OutputSink::new(&unit.name),
+            unit,
+            state: State::Waiting,
+            pid: None,
+            control: None,
+            output: None,
+            schemes: Vec::new(),
+            ids: (0, 0),
+            stopping: false,
+            passed: Vec::new(),
+        }
+    }
+}
+
 impl Services {
     pub fn new(units: Vec<Unit>, epoll: OwnedFd, scheme_root: &Path) -> Services {
-        let list = units
-            .into_iter()
-            .map(|unit| Service {
-                sink: OutputSink::new(&unit.name),
-                unit,
-                state: State::Waiting,
-                pid: None,
-                control: None,
-                output: None,
-                schemes: Vec::new(),
-                ids: (0, 0),
-                stopping: false,
-            })
-            .collect();
+        let (templates, units): (Vec<Unit>, Vec<Unit>) = units.into_iter().partition(|u| u.template);
         Services {
-            list,
+            list: units.into_iter().map(Service::new).collect(),
             epoll,
             passwd: fs::read_to_string("/etc/passwd").unwrap_or_default(),
             scheme_root: scheme_root.to_owned(),
             owners: HashMap::new(),
+            templates: templates.into_iter().map(|u| (u.name.clone(), u)).collect(),
+        }
+    }
+
+    /// An enumerator's request to start one instance of a template unit
+    /// with the capability fds it passed. The instance goes into the table
+    /// like any service (dependencies, readiness, output, exit reports).
+    fn spawn_instance(
+        &mut self,
+        requester: usize,
+        template: &str,
+        instance: &str,
+        args: &[String],
+        fds: Vec<OwnedFd>,
+    ) -> Result<(), (i32, String)> {
+        let who = self.list[requester].unit.base_name().to_owned();
+        let Some(t) = self.templates.get(template) else {
+            return Err((
+                libc_errno(rustix::io::Errno::NOENT),
+                format!("no template unit {template:?}"),
+            ));
+        };
+        if !t.spawned_by.contains(&who) {
+            return Err((
+                libc_errno(rustix::io::Errno::ACCESS),
+                format!("{who} may not start instances of {template}"),
+            ));
+        }
+        let unit = t.instantiate(instance, args);
+        let mut svc = Service::new(unit);
+        svc.passed = fds;
+        let i = match self.list.iter().position(|s| s.unit.name == svc.unit.name) {
+            Some(i) if self.list[i].pid.is_some() => {
+                return Err((
+                    libc_errno(rustix::io::Errno::BUSY),
+                    format!("{} is already running", svc.unit.name),
+                ))
+            }
+            // A stopped or failed instance of the same device is replaced.
+            Some(i) => {
+                self.list[i] = svc;
+                i
+            }
+            None => {
+                self.list.push(svc);
+                self.list.len() - 1
+            }
+        };
+        self.start_eligible();
+        match &self.list[i].state {
+            State::Failed(why) => Err((libc_errno(rustix::io::Errno::IO), why.clone())),
+            _ => Ok(()),
         }
     }
 
@@ -195,6 +256,14 @@ impl Services {
                 )
             })?),
         };
+        // Passed capabilities are moved above the low numbers first, so the
+        // child's dup2 onto 4, 5, … can never overwrite one still to be moved.
+        let passed: Vec<OwnedFd> = std::mem::take(&mut self.list[i].passed)
+            .iter()
+            .map(|fd| rustix::io::fcntl_dupfd_cloexec(fd, 64))
+            .collect::<Result<_, _>>()?;
+        let passed_raw: Vec<i32> = passed.iter().map(|fd| fd.as_raw_fd()).collect();
+        let memlock = unit.memlock_bytes;
         let (ours, theirs) = socketpair(
             AddressFamily::UNIX,
             SocketType::SEQPACKET,
@@ -217,17 +286,18 @@ impl Services {
             .env("HOME", "/")
             .envs(&unit.env)
             .env(daemon::CONTROL_FD_ENV, "3")
+            .envs((!passed.is_empty()).then(|| {
+                let list: Vec<String> = (0..passed.len()).map(|k| (4 + k).to_string()).collect();
+                (daemon::PASSED_FDS_ENV, list.join(" "))
+            }))
             .stdin(Stdio::null())
             .stdout(Stdio::from(out_w.try_clone()?))
             .stderr(Stdio::from(out_w));
-        if let Some((uid, gid)) = ids {
-            // std drops supplementary groups when it changes uid as root.
-            cmd.uid(uid).gid(gid);
-        }
         let control_raw = theirs.as_raw_fd();
         // SAFETY: the closure runs in the forked child before exec and only
         // makes async-signal-safe system calls (sigprocmask, setsid,
-        // dup2/fcntl, prctl); it allocates nothing and touches no locks.
+        // dup2/fcntl, setrlimit, setgroups/setresgid/setresuid, prctl); it
+        // allocates nothing and touches no locks.
         unsafe {
             cmd.pre_exec(move || {
                 crate::system::unblock_signals()?;
@@ -245,6 +315,36 @@ impl Services {
                     std::mem::forget(three);
                     r?;
                 }
+                for (k, &raw) in passed_raw.iter().enumerate() {
+                    // SAFETY: `raw` is one of our moved copies (>= 64) and
+                    // 4 + k is free to be replaced in this child; dup2 leaves
+                    // the new number without CLOEXEC, so exec keeps it.
+                    let src = std::os::fd::BorrowedFd::borrow_raw(raw);
+                    let mut dst = std::os::fd::OwnedFd::from_raw_fd(4 + k as i32);
+                    let r = rustix::io::dup2(src, &mut dst);
+                    std::mem::forget(dst);
+                    r?;
+                }
+                // The limit must be raised while still root; the ids are
+                // dropped here rather than by std, which would do it first.
+                if let Some(bytes) = memlock {
+                    rustix::process::setrlimit(
+                        rustix::process::Resource::Memlock,
+                        rustix::process::Rlimit {
+                            current: Some(bytes),
+                            maximum: Some(bytes),
+                        },
+                    )?;
+                }
+                if let Some((uid, gid)) = ids {
+                    // One thread after fork, so the per-thread calls cover
+                    // the whole process. Leaving uid 0 clears every capability.
+                    rustix::thread::set_thread_groups(&[])?;
+                    let gid = rustix::process::Gid::from_raw(gid);
+                    rustix::thread::set_thread_res_gid(gid, gid, gid)?;
+                    let uid = rustix::process::Uid::from_raw(uid);
+                    rustix::thread::set_thread_res_uid(uid, uid, uid)?;
+                }
                 // No service can gain privileges through exec (setuid files).
                 rustix::thread::set_no_new_privs(true)?;
                 Ok(())
@@ -253,6 +353,7 @@ impl Services {
         let child = cmd.spawn()?;
         drop(cmd); // closes our copies of the child's pipe ends
         drop(theirs);
+        drop(passed); // the child holds them now; init keeps no device access
         let pid = Pid::from_child(&child);
         // The child is reaped through waitpid in the SIGCHLD handler.
         std::mem::forget(child);
@@ -335,7 +436,7 @@ impl Services {
             let Some(fd) = self.list[i].control.as_ref() else {
                 return;
             };
-            let (msg, passed) = match daemon::recv_with_fd(fd.as_fd()) {
+            let (msg, passed) = match daemon::recv_with_fds(fd.as_fd()) {
                 Ok(m) => m,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -347,9 +448,27 @@ impl Services {
                     return;
                 }
             };
-            drop(passed); // services never send us descriptors
             let name = self.list[i].unit.name.clone();
             match Request::decode(&msg) {
+                Ok(Request::Spawn {
+                    unit,
+                    instance,
+                    args,
+                }) => {
+                    let reply = match self.spawn_instance(i, &unit, &instance, &args, passed) {
+                        Ok(()) => Reply::Ok,
+                        Err((errno, why)) => {
+                            say(&format!("{name}: cannot start {unit}@{instance}: {why}"));
+                            Reply::Err(errno, why)
+                        }
+                    };
+                    if let Some(control) = self.list[i].control.as_ref() {
+                        if let Err(e) = daemon::send_with_fd(control.as_fd(), &reply.encode(), None)
+                        {
+                            say(&format!("{name}: cannot answer on control channel: {e}"));
+                        }
+                    }
+                }
                 Ok(Request::Ready) => self.mark_ready(i),
                 Ok(Request::Register(scheme, kind)) => {
                     let reply = self.register(i, &scheme, kind);

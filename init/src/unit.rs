@@ -52,6 +52,20 @@ pub struct Unit {
     /// Seconds to wait for readiness before declaring the start failed.
     #[serde(default = "default_ready_timeout")]
     pub ready_timeout: u64,
+    /// A template is never started at boot: an enumerator asks for instances
+    /// of it (`spawn UNIT INSTANCE`), one per device, named `UNIT@INSTANCE`.
+    /// `{instance}` in `args` and `schemes` is replaced by the instance name.
+    #[serde(default)]
+    pub template: bool,
+    /// Services allowed to start instances of this template (`pcid`).
+    #[serde(default)]
+    pub spawned_by: Vec<String>,
+    /// RLIMIT_MEMLOCK for the service, e.g. `"64M"`: VFIO pins a driver's DMA
+    /// memory against it. Absent: the kernel default.
+    #[serde(default)]
+    pub memlock: Option<String>,
+    #[serde(skip)]
+    pub memlock_bytes: Option<u64>,
 }
 
 fn default_ready_timeout() -> u64 {
@@ -63,13 +77,47 @@ impl Unit {
     pub fn parse(name: &str, text: &str) -> Result<Unit, String> {
         let mut unit: Unit = toml::from_str(text).map_err(|e| e.to_string())?;
         unit.name = name.to_owned();
+        if let Some(m) = &unit.memlock {
+            unit.memlock_bytes =
+                Some(parse_size(m).ok_or_else(|| format!("bad memlock size {m:?}"))?);
+        }
+        if !unit.template && !unit.spawned_by.is_empty() {
+            return Err("spawned_by is only for template units".to_owned());
+        }
         for pattern in &unit.schemes {
-            let literal = pattern.strip_suffix('*').unwrap_or(pattern);
-            if literal.contains('*') || (!pattern.ends_with('*') && !valid_scheme_name(pattern)) {
+            let pattern = pattern.replace("{instance}", "x");
+            let literal = pattern.strip_suffix('*').unwrap_or(&pattern);
+            if literal.contains('*') || (!pattern.ends_with('*') && !valid_scheme_name(&pattern)) {
                 return Err(format!("bad scheme name {pattern:?}"));
             }
         }
         Ok(unit)
+    }
+
+    /// The concrete unit for one instance of this template: named
+    /// `NAME@INSTANCE`, `{instance}` substituted, `extra_args` appended.
+    pub fn instantiate(&self, instance: &str, extra_args: &[String]) -> Unit {
+        let mut u = self.clone();
+        u.name = format!("{}@{instance}", self.name);
+        u.template = false;
+        u.spawned_by.clear();
+        u.args = self
+            .args
+            .iter()
+            .map(|a| a.replace("{instance}", instance))
+            .chain(extra_args.iter().cloned())
+            .collect();
+        u.schemes = self
+            .schemes
+            .iter()
+            .map(|p| p.replace("{instance}", instance))
+            .collect();
+        u
+    }
+
+    /// The template a unit was instantiated from (its own name otherwise).
+    pub fn base_name(&self) -> &str {
+        self.name.split('@').next().unwrap_or(&self.name)
     }
 
     /// Whether this unit may register `scheme`.
@@ -99,6 +147,18 @@ impl Unit {
             }),
         }
     }
+}
+
+/// `"64M"`, `"512K"`, `"1G"` or plain bytes.
+fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let (num, mult) = match t.as_bytes().last()? {
+        b'K' | b'k' => (&t[..t.len() - 1], 1u64 << 10),
+        b'M' | b'm' => (&t[..t.len() - 1], 1 << 20),
+        b'G' | b'g' => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    num.parse::<u64>().ok()?.checked_mul(mult)
 }
 
 /// A scheme name becomes one path component under `/scheme`.
@@ -259,6 +319,41 @@ ready_timeout = 5
         assert!(Unit::parse(
             "x",
             "command = \"/bin/x\"\ntype = \"notify\"\nschemes = [\"a*b*\"]\n"
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn templates_instantiate_per_device() {
+        let t = Unit::parse(
+            "virtio-blkd",
+            r#"
+command = "/bin/virtio-blkd"
+args = ["--name", "{instance}"]
+type = "notify"
+template = true
+spawned_by = ["pcid"]
+schemes = ["disk.{instance}_virtio_blk"]
+memlock = "64M"
+"#,
+        )
+        .unwrap();
+        assert_eq!(t.memlock_bytes, Some(64 << 20));
+        let u = t.instantiate("pci-0000-00-04.0", &["-v".to_owned()]);
+        assert_eq!(u.name, "virtio-blkd@pci-0000-00-04.0");
+        assert_eq!(u.base_name(), "virtio-blkd");
+        assert!(!u.template);
+        assert_eq!(u.args, ["--name", "pci-0000-00-04.0", "-v"]);
+        assert!(u.allows_scheme("disk.pci-0000-00-04.0_virtio_blk"));
+        assert!(!u.allows_scheme("disk.pci-0000-00-05.0_virtio_blk"));
+        assert!(Unit::parse(
+            "x",
+            "command = \"/bin/x\"\ntype = \"notify\"\nspawned_by = [\"pcid\"]\n"
+        )
+        .is_err());
+        assert!(Unit::parse(
+            "x",
+            "command = \"/bin/x\"\ntype = \"notify\"\nmemlock = \"lots\"\n"
         )
         .is_err());
     }

@@ -17,6 +17,8 @@ use crate::modules::ModuleIndex;
 const MODULE_DIR: &str = "/lib/modules";
 /// The load list init reads: file names, dependencies first.
 const MODULE_LIST: &str = "/etc/modules.load";
+/// Load order of the optional modules not already loaded at boot.
+const OPTIONAL_LIST: &str = "/etc/modules.optional";
 
 /// Busybox applets never linked: PID 1 is ours, and a busybox `init`
 /// reachable at these paths could be started by the kernel instead of it
@@ -95,31 +97,38 @@ pub fn assemble(inp: &ImageInputs) -> Result<(Archive, usize), String> {
 
     let mut module_count = 0;
     if let Some(k) = &m.kernel {
-        if !k.modules.is_empty() {
+        if !k.modules.is_empty() || !k.optional.is_empty() {
             let index = ModuleIndex::scan(&inp.kernel.modules_dir)?;
-            let files = index.resolve(&k.modules)?;
-            let mut list = String::new();
-            for f in &files {
-                let name = f
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .ok_or_else(|| format!("odd module file name {}", f.display()))?;
+            let boot = index.resolve(&k.modules)?;
+            let optional: Vec<PathBuf> = index
+                .resolve(&k.optional)?
+                .into_iter()
+                .filter(|f| !boot.contains(f))
+                .collect();
+            for (files, list_path) in [(&boot, MODULE_LIST), (&optional, OPTIONAL_LIST)] {
+                let mut list = String::new();
+                for f in files {
+                    let name = f
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .ok_or_else(|| format!("odd module file name {}", f.display()))?;
+                    a.add_file(
+                        &format!("{MODULE_DIR}/{name}"),
+                        Data::Path(f.clone()),
+                        0o644,
+                        "[kernel] modules",
+                    )?;
+                    list.push_str(name);
+                    list.push('\n');
+                }
                 a.add_file(
-                    &format!("{MODULE_DIR}/{name}"),
-                    Data::Path(f.clone()),
+                    list_path,
+                    Data::Bytes(list.into_bytes()),
                     0o644,
                     "[kernel] modules",
                 )?;
-                list.push_str(name);
-                list.push('\n');
+                module_count += files.len();
             }
-            a.add_file(
-                MODULE_LIST,
-                Data::Bytes(list.into_bytes()),
-                0o644,
-                "[kernel] modules",
-            )?;
-            module_count = files.len();
         }
     }
 

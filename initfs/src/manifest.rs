@@ -74,12 +74,17 @@ pub struct Symlink {
     pub target: String,
 }
 
-/// `[kernel] modules = ["vfio-pci", "fuse"]`
+/// `[kernel] modules = ["vfio-pci", "fuse"]`, `optional = ["virtio_blk"]`
 #[derive(Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct KernelSection {
+    /// Loaded by init at boot.
     #[serde(default)]
     pub modules: Vec<String>,
+    /// Shipped but never loaded at boot (Linux's own drivers, which the
+    /// benchmarks load by hand on a device pcid leaves alone).
+    #[serde(default)]
+    pub optional: Vec<String>,
 }
 
 impl Manifest {
@@ -126,7 +131,7 @@ impl Manifest {
             }
         }
         if let Some(k) = &self.kernel {
-            for m in &k.modules {
+            for m in k.modules.iter().chain(&k.optional) {
                 if m.is_empty() || m.contains('/') || m.ends_with(".ko") {
                     return Err(format!(
                         "[kernel] modules: {m:?} should be a module name like \"vfio-pci\""

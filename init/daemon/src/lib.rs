@@ -24,6 +24,43 @@ pub use proto::RootKind;
 /// Environment variable naming the inherited control fd.
 pub const CONTROL_FD_ENV: &str = "INIT_CONTROL_FD";
 
+/// Environment variable listing the fds passed through a `spawn` request,
+/// in order, space separated (`"4 5 6"`).
+pub const PASSED_FDS_ENV: &str = "INIT_PASSED_FDS";
+
+/// Takes the capability fds init passed to this instance (from the
+/// enumerator's `spawn` request), in the order they were sent. Empty when
+/// none were passed; an error if the variable is malformed.
+pub fn take_passed_fds() -> io::Result<Vec<OwnedFd>> {
+    let Ok(list) = std::env::var(PASSED_FDS_ENV) else {
+        return Ok(Vec::new());
+    };
+    std::env::remove_var(PASSED_FDS_ENV);
+    let mut fds = Vec::new();
+    for word in list.split_whitespace() {
+        let raw: RawFd = word.parse().map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{PASSED_FDS_ENV}={list} is not a list of fd numbers"),
+            )
+        })?;
+        if raw < 3 || fds.len() >= proto::MAX_PASSED_FDS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{PASSED_FDS_ENV}={list}: bad fd {raw}"),
+            ));
+        }
+        // Refuse a number that is not open rather than adopt a stranger later.
+        // SAFETY: only borrowed for the fcntl probe; ownership is taken below.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
+        rustix::io::fcntl_setfd(borrowed, rustix::io::FdFlags::CLOEXEC)?;
+        // SAFETY: init placed this descriptor here for us and nothing else in
+        // the process owns it; the env var is removed so it is taken once.
+        fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
+    }
+    Ok(fds)
+}
+
 /// A daemon's connection to init.
 #[derive(Debug)]
 pub struct Daemon {
@@ -88,6 +125,39 @@ impl Daemon {
         }
     }
 
+    /// Asks init to start instance `instance` of the template unit `unit`
+    /// (for pcid: a driver for one function), handing it `fds` as its fds
+    /// 4, 5, …. Returns once init has started it or refused.
+    pub fn spawn(
+        &self,
+        unit: &str,
+        instance: &str,
+        args: &[&str],
+        fds: &[BorrowedFd<'_>],
+    ) -> io::Result<()> {
+        if fds.len() > proto::MAX_PASSED_FDS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("at most {} fds can be passed", proto::MAX_PASSED_FDS),
+            ));
+        }
+        let req = proto::Request::Spawn {
+            unit: unit.to_owned(),
+            instance: instance.to_owned(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+        };
+        send_with_fds(self.control.as_fd(), &req.encode(), fds)?;
+        let (reply, _) = recv_with_fds(self.control.as_fd())?;
+        match proto::Reply::decode(&reply) {
+            Ok(proto::Reply::Ok) => Ok(()),
+            Ok(proto::Reply::Err(errno, msg)) => Err(io::Error::new(
+                io::Error::from_raw_os_error(errno).kind(),
+                format!("init refused to start {unit}@{instance}: {msg}"),
+            )),
+            Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+        }
+    }
+
     /// Tells init this daemon has finished its setup.
     pub fn ready(&self) -> io::Result<()> {
         self.send(&proto::Request::Ready.encode())
@@ -110,12 +180,22 @@ pub fn send_with_fd(
     msg: &[u8],
     fd: Option<BorrowedFd<'_>>,
 ) -> io::Result<()> {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    match fd {
+        Some(fd) => send_with_fds(sock, msg, &[fd]),
+        None => send_with_fds(sock, msg, &[]),
+    }
+}
+
+/// Sends one packet carrying up to [`proto::MAX_PASSED_FDS`] descriptors.
+pub fn send_with_fds(sock: BorrowedFd<'_>, msg: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let mut space =
+        [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(proto::MAX_PASSED_FDS))];
     let mut anc = SendAncillaryBuffer::new(&mut space);
-    let fds;
-    if let Some(fd) = fd {
-        fds = [fd];
-        anc.push(SendAncillaryMessage::ScmRights(&fds));
+    if !fds.is_empty() && !anc.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many fds for one packet",
+        ));
     }
     sendmsg(sock, &[IoSlice::new(msg)], &mut anc, SendFlags::NOSIGNAL)?;
     Ok(())
@@ -123,8 +203,16 @@ pub fn send_with_fd(
 
 /// Receives one packet and at most one passed file descriptor.
 pub fn recv_with_fd(sock: BorrowedFd<'_>) -> io::Result<(Vec<u8>, Option<OwnedFd>)> {
+    let (msg, fds) = recv_with_fds(sock)?;
+    // Keep the first; any extra descriptor is closed on drop.
+    Ok((msg, fds.into_iter().next()))
+}
+
+/// Receives one packet and the descriptors passed with it, in order.
+pub fn recv_with_fds(sock: BorrowedFd<'_>) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
     let mut buf = vec![0u8; proto::MAX_MESSAGE];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut space =
+        [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(proto::MAX_PASSED_FDS))];
     let mut anc = RecvAncillaryBuffer::new(&mut space);
     let res = recvmsg(
         sock,
@@ -139,15 +227,10 @@ pub fn recv_with_fd(sock: BorrowedFd<'_>) -> io::Result<(Vec<u8>, Option<OwnedFd
         ));
     }
     buf.truncate(res.bytes);
-    let mut passed = None;
+    let mut passed = Vec::new();
     for msg in anc.drain() {
         if let RecvAncillaryMessage::ScmRights(fds) = msg {
-            for fd in fds {
-                // Keep the first; any extra descriptor is closed on drop.
-                if passed.is_none() {
-                    passed = Some(fd);
-                }
-            }
+            passed.extend(fds);
         }
     }
     Ok((buf, passed))

@@ -1,8 +1,10 @@
 //! Messages on init's control channel: one UTF-8 line per packet.
 //!
-//! daemon → init: `register NAME dir|file`, `ready`.
-//! init → daemon (only in answer to `register`): `ok` with the fd attached,
-//! or `err ERRNO MESSAGE`.
+//! daemon → init: `register NAME dir|file`, `ready`, and (from an
+//! enumerator such as pcid) `spawn UNIT INSTANCE [ARG…]` with the new
+//! driver's capability fds attached.
+//! init → daemon (only in answer to `register` and `spawn`): `ok` (with the
+//! FUSE fd attached, for `register`), or `err ERRNO MESSAGE`.
 
 /// Largest packet either side sends.
 pub const MAX_MESSAGE: usize = 512;
@@ -19,6 +21,21 @@ pub enum RootKind {
 pub enum Request {
     Register(String, RootKind),
     Ready,
+    /// Start instance `INSTANCE` of template unit `UNIT` with extra args;
+    /// the fds attached to the packet become fds 4, 5, … in the child.
+    Spawn {
+        unit: String,
+        instance: String,
+        args: Vec<String>,
+    },
+}
+
+/// Most fds one `spawn` may pass (container, device, channel, one spare).
+pub const MAX_PASSED_FDS: usize = 4;
+
+/// Unit, instance and argument words: no spaces, nothing unprintable.
+fn valid_word(w: &str) -> bool {
+    !w.is_empty() && w.bytes().all(|b| b.is_ascii_graphic())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +55,18 @@ impl Request {
                 format!("register {name} {kind}").into_bytes()
             }
             Request::Ready => b"ready".to_vec(),
+            Request::Spawn {
+                unit,
+                instance,
+                args,
+            } => {
+                let mut line = format!("spawn {unit} {instance}");
+                for a in args {
+                    line.push(' ');
+                    line.push_str(a);
+                }
+                line.into_bytes()
+            }
         }
     }
 
@@ -48,6 +77,17 @@ impl Request {
             ["ready"] => Ok(Request::Ready),
             ["register", name, "dir"] => Ok(Request::Register((*name).to_owned(), RootKind::Dir)),
             ["register", name, "file"] => Ok(Request::Register((*name).to_owned(), RootKind::File)),
+            ["spawn", unit, instance, args @ ..]
+                if valid_word(unit)
+                    && valid_word(instance)
+                    && args.iter().all(|a| valid_word(a)) =>
+            {
+                Ok(Request::Spawn {
+                    unit: (*unit).to_owned(),
+                    instance: (*instance).to_owned(),
+                    args: args.iter().map(|a| (*a).to_owned()).collect(),
+                })
+            }
             _ => Err(format!("unknown request {text:?}")),
         }
     }
@@ -89,6 +129,16 @@ mod tests {
             Request::Ready,
             Request::Register("disk.pci-0000-00-04.0_virtio_blk".into(), RootKind::Dir),
             Request::Register("null".into(), RootKind::File),
+            Request::Spawn {
+                unit: "virtio-blkd".into(),
+                instance: "pci-0000-00-04.0".into(),
+                args: vec![],
+            },
+            Request::Spawn {
+                unit: "e1000d".into(),
+                instance: "pci-0000-00-05.0".into(),
+                args: vec!["--verbose".into(), "x=1".into()],
+            },
         ] {
             assert_eq!(Request::decode(&r.encode()), Ok(r));
         }
@@ -106,6 +156,10 @@ mod tests {
         assert!(Request::decode(b"hello").is_err());
         assert!(Request::decode(b"register").is_err());
         assert!(Request::decode(b"register x y").is_err());
+        assert!(Request::decode(b"spawn").is_err());
+        assert!(Request::decode(b"spawn unit").is_err());
+        assert!(Request::decode(b"spawn unit  inst").is_err());
+        assert!(Request::decode(b"spawn unit inst \x01").is_err());
         assert!(Request::decode(&[0xff, 0xfe]).is_err());
         assert!(Reply::decode(b"err x y").is_err());
     }

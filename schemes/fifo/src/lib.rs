@@ -276,6 +276,7 @@ mod tests {
         uid: 0,
         gid: 0,
         pid: 1,
+        request: 0,
     };
 
     fn open(s: &mut FifoScheme, name: &str, flags: usize) -> usize {

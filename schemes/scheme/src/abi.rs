@@ -62,6 +62,10 @@ pub const FOPEN_STREAM: u32 = 1 << 4;
 /// inode lock, which a write parked in the daemon holds: closing any other
 /// fd of a full FIFO would hang until the writer is served.
 pub const FOPEN_NOFLUSH: u32 = 1 << 5;
+/// Linux 6.2+: direct-I/O writes inside the file's size take the inode lock
+/// shared, so several (deferred) writes to one disk can be in flight.
+/// Older kernels ignore it.
+pub const FOPEN_PARALLEL_DIRECT_WRITES: u32 = 1 << 6;
 
 // fuse_getattr_in.getattr_flags.
 pub const FUSE_GETATTR_FH: u32 = 1 << 0;

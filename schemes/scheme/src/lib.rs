@@ -6,8 +6,10 @@
 //! `/dev/fuse` fd that we speak ourselves (see `docs/scheme-protocol.md`):
 //! single-threaded, non-blocking, meant to sit in the daemon's own event loop.
 //! Requests that cannot finish now are parked and retried later (Redox
-//! `SchemeBlock` semantics); `poll`/`select`/`epoll` work through FUSE poll
-//! notifications; `ioctl` reaches [`Scheme::call`].
+//! `SchemeBlock` semantics), or *deferred*: taken by the scheme and answered
+//! when it reports a [`Completion`] (device I/O finished by an interrupt);
+//! `poll`/`select`/`epoll` work through FUSE poll notifications; `ioctl`
+//! reaches [`Scheme::call`].
 
 pub mod abi;
 pub mod convert;
@@ -39,6 +41,29 @@ pub struct CallerCtx {
     pub uid: u32,
     pub gid: u32,
     pub pid: u32,
+    /// The FUSE `unique` of the request being served (0 where there is
+    /// none, e.g. a scheme called outside a request). A scheme that defers
+    /// a request (`EINPROGRESS`) names it by this in its [`Completion`].
+    pub request: u64,
+}
+
+/// The result of a deferred request (see [`Scheme::take_completions`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Completed {
+    /// A deferred `read`: the bytes read (at most the size asked for).
+    Read(Vec<u8>),
+    /// A deferred `write`: how many bytes were taken.
+    Written(usize),
+    /// A deferred `fsync`.
+    Synced,
+}
+
+/// One finished deferred request: `request` is the [`CallerCtx::request`]
+/// the scheme saw when it returned `EINPROGRESS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    pub request: u64,
+    pub result: Result<Completed>,
 }
 
 /// What a successful [`Scheme::openat`] hands back.
@@ -111,6 +136,13 @@ impl DirentBuf {
 /// the request (unless the caller set `O_NONBLOCK`) and retries it after
 /// the next event, so a scheme never blocks and never keeps its own queue
 /// of waiting callers.
+///
+/// `read`, `write` and `fsync` returning `EINPROGRESS` mean "taken, I will
+/// finish it later" (a request submitted to hardware): the runtime sends no
+/// reply and never retries it; the scheme later hands a [`Completion`]
+/// naming `ctx.request` out of [`Scheme::take_completions`]. A deferred
+/// `read` gives its data in [`Completed::Read`] (what it wrote into `buf`
+/// is ignored). `O_NONBLOCK` does not change this.
 pub trait Scheme {
     /// Opens `path` (relative to the scheme root, `""` is the root itself,
     /// components separated by `/`). `flags` are Redox `O_*` flags; `O_STAT`
@@ -187,9 +219,20 @@ pub trait Scheme {
         Ok(flags)
     }
 
+    /// `Err(EINPROGRESS)` defers the reply like `read` and `write`.
     fn fsync(&mut self, id: usize, ctx: &CallerCtx) -> Result<()> {
         let _ = (id, ctx);
         Ok(())
+    }
+
+    /// Moves the deferred requests that finished since the last call into
+    /// `out`. The runtime calls this at the end of every `process()` and
+    /// `wake()` (and in `complete()`), so a daemon collects device
+    /// completions in its IRQ handler and then calls `wake()`. A completion
+    /// naming a request that is not deferred (unknown, already answered) is
+    /// logged and ignored.
+    fn take_completions(&mut self, out: &mut Vec<Completion>) {
+        let _ = out;
     }
 
     fn ftruncate(&mut self, id: usize, len: u64, ctx: &CallerCtx) -> Result<()> {
@@ -213,7 +256,8 @@ pub trait Scheme {
     }
 
     /// The last reference to `id` is gone. Any parked request on it has
-    /// already been answered.
+    /// already been answered, and every deferred one has completed (the
+    /// runtime holds `on_close` back until then).
     fn on_close(&mut self, id: usize) {
         let _ = id;
     }

@@ -1,8 +1,9 @@
 //! The FUSE runtime: reads requests from a non-blocking `/dev/fuse` fd,
-//! calls the [`Scheme`], answers, parks what cannot finish and sends poll
+//! calls the [`Scheme`], answers, parks what cannot finish, answers
+//! deferred requests when the scheme completes them and sends poll
 //! notifications. Single-threaded; the daemon owns the event loop.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
@@ -11,7 +12,7 @@ use rustix::event::{PollFd, PollFlags};
 use rustix::fs::OFlags;
 use rustix::io::Errno;
 use syscall::error::{
-    EAGAIN, EBADF, EINTR, EINVAL, EIO, ENOENT, ENOSYS, ENOTTY, EPROTO, EWOULDBLOCK,
+    EAGAIN, EBADF, EINPROGRESS, EINTR, EINVAL, EIO, ENOENT, ENOSYS, ENOTTY, EPROTO, EWOULDBLOCK,
 };
 use syscall::flag::{EventFlags, MODE_DIR, MODE_TYPE, O_DIRECTORY, O_NONBLOCK, O_WRONLY};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
@@ -19,7 +20,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes};
 use crate::abi::{self, *};
 use crate::convert::{self, linux};
 use crate::nodes::{join, Nodes};
-use crate::{CallerCtx, DirentBuf, DirentKind, Error, Result, Scheme, Stat};
+use crate::{CallerCtx, Completed, Completion, DirentBuf, DirentKind, Error, Result, Scheme, Stat};
 
 /// What [`Server::process`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +52,22 @@ enum ParkedOp {
     },
 }
 
+/// A request the scheme took with `EINPROGRESS`: no reply until its
+/// [`Completion`] comes.
+struct Deferred {
+    fh: u64,
+    kind: DeferredKind,
+}
+
+/// What a deferred request expects back, with the bound its result is
+/// checked against.
+#[derive(Debug, Clone, Copy)]
+enum DeferredKind {
+    Read { size: usize },
+    Write { size: usize },
+    Fsync,
+}
+
 /// A kernel poll handle waiting for readiness changes on one open file.
 struct Poller {
     fh: u64,
@@ -69,6 +86,13 @@ pub struct Server<S: Scheme> {
     iobuf: Vec<u8>,
     nodes: Nodes,
     parked: VecDeque<Parked>,
+    /// Deferred requests by unique.
+    deferred: BTreeMap<u64, Deferred>,
+    /// Handles released while requests on them were deferred: `on_close`
+    /// waits for the last of them.
+    closing: BTreeSet<u64>,
+    /// Reused buffer for `take_completions`.
+    completions: Vec<Completion>,
     pollers: BTreeMap<u64, Poller>,
     /// Negotiated minor version; before INIT (e.g. a restarted daemon on an
     /// already initialised connection) we assume our own.
@@ -94,6 +118,9 @@ impl<S: Scheme> Server<S> {
             iobuf: vec![0; MAX_WRITE],
             nodes: Nodes::new(),
             parked: VecDeque::new(),
+            deferred: BTreeMap::new(),
+            closing: BTreeSet::new(),
+            completions: Vec::new(),
             pollers: BTreeMap::new(),
             minor: KERNEL_MINOR_VERSION,
         })
@@ -110,6 +137,12 @@ impl<S: Scheme> Server<S> {
     /// Number of parked requests (diagnostics and tests).
     pub fn parked(&self) -> usize {
         self.parked.len()
+    }
+
+    /// Number of deferred requests, taken by the scheme and not yet
+    /// completed (diagnostics and tests).
+    pub fn deferred(&self) -> usize {
+        self.deferred.len()
     }
 
     /// Number of poll handles waiting for notifications.
@@ -143,12 +176,79 @@ impl<S: Scheme> Server<S> {
         Ok(Status::Running)
     }
 
-    /// Retries parked requests (oldest first) and re-checks poll waiters.
-    /// Call after any event that may have changed the scheme's state from
-    /// outside a request (an IRQ, a timer).
+    /// Answers completed deferred requests, retries parked requests
+    /// (oldest first) and re-checks poll waiters. Call after any event that
+    /// may have changed the scheme's state from outside a request (an IRQ,
+    /// a timer).
     pub fn wake(&mut self) {
+        self.complete();
         self.retry_parked();
+        // A retried request may have completed at once.
+        self.complete();
         self.check_pollers();
+    }
+
+    /// Collects the scheme's completions and answers the deferred requests
+    /// they name. Called by `process()` and `wake()`; a daemon may call it
+    /// on its own right after its IRQ handler.
+    pub fn complete(&mut self) {
+        let mut done = std::mem::take(&mut self.completions);
+        self.scheme.take_completions(&mut done);
+        for c in done.drain(..) {
+            self.finish(c);
+        }
+        // Keep the allocation for next time.
+        self.completions = done;
+    }
+
+    fn finish(&mut self, c: Completion) {
+        let Some(d) = self.deferred.remove(&c.request) else {
+            warn!(
+                "fuse: completion for request {} that is not deferred: ignored",
+                c.request
+            );
+            return;
+        };
+        match (d.kind, c.result) {
+            (_, Err(e)) => self.reply_err(c.request, e.errno),
+            (DeferredKind::Read { size }, Ok(Completed::Read(data))) if data.len() <= size => {
+                self.send(c.request, 0, &[&data])
+            }
+            (DeferredKind::Write { size }, Ok(Completed::Written(n))) if n <= size => self.reply(
+                c.request,
+                &WriteOut {
+                    size: n as u32,
+                    padding: 0,
+                },
+            ),
+            (DeferredKind::Fsync, Ok(Completed::Synced)) => self.reply_empty(c.request),
+            (kind, Ok(got)) => {
+                warn!(
+                    "fuse: request {} ({kind:?}) completed with a mismatched result {:?}",
+                    c.request,
+                    CompletedSummary(&got)
+                );
+                self.reply_err(c.request, EIO);
+            }
+        }
+        if self.closing.contains(&d.fh) && !self.deferred.values().any(|x| x.fh == d.fh) {
+            self.closing.remove(&d.fh);
+            self.scheme.on_close(d.fh as usize);
+        }
+    }
+
+    /// Records a request the scheme took with `EINPROGRESS`.
+    fn defer(&mut self, unique: u64, fh: u64, kind: DeferredKind) {
+        trace!("fuse: request {unique} deferred");
+        if self
+            .deferred
+            .insert(unique, Deferred { fh, kind })
+            .is_some()
+        {
+            // Only a misbehaving kernel reuses a unique still in flight;
+            // either way the unique gets one reply.
+            warn!("fuse: request {unique} deferred twice");
+        }
     }
 
     /// Blocking convenience loop: serves until the mount goes away.
@@ -233,6 +333,7 @@ impl<S: Scheme> Server<S> {
             uid: h.uid,
             gid: h.gid,
             pid: h.pid,
+            request: h.unique,
         };
         let res = match h.opcode {
             FUSE_INIT => self.op_init(&req),
@@ -263,13 +364,7 @@ impl<S: Scheme> Server<S> {
                 Ok(())
             }
             FUSE_RELEASE | FUSE_RELEASEDIR => self.op_release(&req),
-            FUSE_FSYNC | FUSE_FSYNCDIR => match req.arg::<FsyncIn>() {
-                Some((f, _)) => self
-                    .scheme
-                    .fsync(f.fh as usize, &ctx)
-                    .map(|()| self.reply_empty(h.unique)),
-                None => Err(Error::new(EINVAL)),
-            },
+            FUSE_FSYNC | FUSE_FSYNCDIR => self.op_fsync(&req, &ctx),
             FUSE_READDIR => self.op_readdir(&req, &ctx),
             FUSE_STATFS => {
                 let st = Kstatfs {
@@ -453,6 +548,10 @@ impl<S: Scheme> Server<S> {
             open_flags |= FOPEN_DIRECT_IO | FOPEN_NOFLUSH;
             if opened.stream {
                 open_flags |= FOPEN_NONSEEKABLE | FOPEN_STREAM;
+            } else {
+                // Positioned writes need no kernel-side serialization: the
+                // scheme orders overlapping ones itself (see the doc).
+                open_flags |= FOPEN_PARALLEL_DIRECT_WRITES;
             }
         }
         OpenOut {
@@ -591,6 +690,20 @@ impl<S: Scheme> Server<S> {
                 }
                 true
             }
+            // Taken by the scheme: answered on completion, whatever
+            // O_NONBLOCK says.
+            Err(e) if e.errno == EINPROGRESS => {
+                let kind = match &p.op {
+                    ParkedOp::Read { size, .. } => DeferredKind::Read {
+                        size: (*size).min(self.iobuf.len()),
+                    },
+                    ParkedOp::Write { data, .. } => DeferredKind::Write {
+                        size: write_data.unwrap_or(data).len(),
+                    },
+                };
+                self.defer(p.unique, p.fh, kind);
+                true
+            }
             Err(e)
                 if (e.errno == EAGAIN || e.errno == EWOULDBLOCK)
                     && fcntl & O_NONBLOCK as u32 == 0 =>
@@ -627,6 +740,18 @@ impl<S: Scheme> Server<S> {
         }
     }
 
+    fn op_fsync(&mut self, req: &Request<'_>, ctx: &CallerCtx) -> Result<()> {
+        let (f, _) = req.arg::<FsyncIn>().ok_or(Error::new(EINVAL))?;
+        match self.scheme.fsync(f.fh as usize, ctx) {
+            Ok(()) => self.reply_empty(req.header.unique),
+            Err(e) if e.errno == EINPROGRESS => {
+                self.defer(req.header.unique, f.fh, DeferredKind::Fsync)
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
     fn op_interrupt(&mut self, req: &Request<'_>) {
         let Some((i, _)) = req.arg::<InterruptIn>() else {
             warn!("fuse: short INTERRUPT");
@@ -640,6 +765,13 @@ impl<S: Scheme> Server<S> {
                 debug!("fuse: parked request {} interrupted", p.unique);
                 self.reply_err(p.unique, EINTR);
             }
+        } else if self.deferred.contains_key(&i.unique) {
+            // Device I/O cannot be recalled (the device may be writing into
+            // our buffer); it finishes in bounded time and is answered then.
+            debug!(
+                "fuse: deferred request {} interrupted: waits for its completion",
+                i.unique
+            );
         }
     }
 
@@ -656,7 +788,15 @@ impl<S: Scheme> Server<S> {
             }
         }
         self.pollers.retain(|_, p| p.fh != r.fh);
-        self.scheme.on_close(r.fh as usize);
+        // The kernel holds a file reference for each request in flight, so
+        // this happens only on odd paths. The scheme is still doing the
+        // I/O: let it finish and answer truthfully, and close after.
+        if self.deferred.values().any(|d| d.fh == r.fh) {
+            debug!("fuse: handle {} released with deferred requests", r.fh);
+            self.closing.insert(r.fh);
+        } else {
+            self.scheme.on_close(r.fh as usize);
+        }
         self.reply_empty(req.header.unique);
         Ok(())
     }
@@ -790,6 +930,19 @@ impl<S: Scheme> Server<S> {
     }
 }
 
+/// A completion's shape for logs (not its data).
+struct CompletedSummary<'a>(&'a Completed);
+
+impl std::fmt::Debug for CompletedSummary<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Completed::Read(d) => write!(f, "Read({} bytes)", d.len()),
+            Completed::Written(n) => write!(f, "Written({n})"),
+            Completed::Synced => write!(f, "Synced"),
+        }
+    }
+}
+
 /// Regular file or directory, never a device: with `S_IFCHR` the VFS would
 /// route opens to a device driver instead of to us.
 fn attr_from_stat(stat: &Stat, ino: u64) -> Attr {
@@ -845,11 +998,23 @@ mod tests {
     use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
     use syscall::flag::MODE_FILE;
 
-    /// One file, `""`; reads park until `data` is set.
+    /// One file, `""`; reads park until `data` is set. With `defer` set,
+    /// reads, writes and fsyncs are taken (`EINPROGRESS`) and recorded in
+    /// `taken`; the test finishes them by pushing to `done`.
     #[derive(Default)]
     struct Pending {
         data: Option<Vec<u8>>,
         closed: Vec<usize>,
+        defer: bool,
+        taken: Vec<(u64, &'static str)>,
+        done: Vec<Completion>,
+    }
+
+    impl Pending {
+        fn take(&mut self, ctx: &CallerCtx, what: &'static str) -> Result<usize> {
+            self.taken.push((ctx.request, what));
+            Err(Error::new(EINPROGRESS))
+        }
     }
 
     impl Scheme for Pending {
@@ -871,8 +1036,11 @@ mod tests {
             buf: &mut [u8],
             _o: u64,
             _f: u32,
-            _c: &CallerCtx,
+            c: &CallerCtx,
         ) -> Result<usize> {
+            if self.defer {
+                return self.take(c, "read");
+            }
             match self.data.take() {
                 Some(d) => {
                     let n = d.len().min(buf.len());
@@ -881,6 +1049,28 @@ mod tests {
                 }
                 None => Err(Error::new(EAGAIN)),
             }
+        }
+        fn write(
+            &mut self,
+            _id: usize,
+            _buf: &[u8],
+            _o: u64,
+            _f: u32,
+            c: &CallerCtx,
+        ) -> Result<usize> {
+            if self.defer {
+                return self.take(c, "write");
+            }
+            Err(Error::new(EBADF))
+        }
+        fn fsync(&mut self, _id: usize, c: &CallerCtx) -> Result<()> {
+            if self.defer {
+                return self.take(c, "fsync").map(|_| ());
+            }
+            Ok(())
+        }
+        fn take_completions(&mut self, out: &mut Vec<Completion>) {
+            out.append(&mut self.done);
         }
         fn fstat(&mut self, _id: usize, stat: &mut Stat, _ctx: &CallerCtx) -> Result<()> {
             stat.st_mode = MODE_FILE | 0o644;
@@ -978,6 +1168,42 @@ mod tests {
                 FOPEN_DIRECT_IO | FOPEN_NOFLUSH | FOPEN_NONSEEKABLE | FOPEN_STREAM
             );
             o.fh
+        }
+
+        fn write_req(&mut self, fh: u64, data: &[u8]) -> u64 {
+            let w = WriteIn {
+                fh,
+                size: data.len() as u32,
+                ..Default::default()
+            };
+            let mut body = w.as_bytes().to_vec();
+            body.extend_from_slice(data);
+            self.send(FUSE_WRITE, ROOT_ID, &body)
+        }
+
+        fn fsync_req(&mut self, fh: u64) -> u64 {
+            let f = FsyncIn {
+                fh,
+                ..Default::default()
+            };
+            self.send(FUSE_FSYNC, ROOT_ID, f.as_bytes())
+        }
+
+        /// Hands the scheme a completion and lets the server collect it.
+        fn finish(&mut self, request: u64, result: Result<Completed>) {
+            self.server
+                .scheme_mut()
+                .done
+                .push(Completion { request, result });
+            self.server.complete();
+        }
+
+        fn release(&mut self, fh: u64) -> u64 {
+            let rel = ReleaseIn {
+                fh,
+                ..Default::default()
+            };
+            self.send(FUSE_RELEASE, ROOT_ID, rel.as_bytes())
         }
 
         fn read_req(&mut self, fh: u64, flags: u32) -> u64 {
@@ -1170,6 +1396,139 @@ mod tests {
         h.send(FUSE_RELEASE, ROOT_ID, rel.as_bytes());
         h.reply().unwrap();
         assert_eq!(h.server.pollers(), 0);
+    }
+
+    #[test]
+    fn deferred_requests_are_answered_on_completion_in_any_order() {
+        let mut h = Harness::new();
+        let fh = h.open();
+        h.server.scheme_mut().defer = true;
+        let r1 = h.read_req(fh, 0);
+        // O_NONBLOCK does not turn a deferral into EAGAIN.
+        let r2 = h.read_req(fh, linux::O_NONBLOCK);
+        let w = h.write_req(fh, b"abcdef");
+        let f = h.fsync_req(fh);
+        assert!(h.reply().is_none(), "nothing answered before completion");
+        assert_eq!(h.server.deferred(), 4);
+        assert_eq!(h.server.parked(), 0, "deferred is not parked");
+        // The scheme saw each request's unique in its CallerCtx.
+        assert_eq!(
+            h.server.scheme().taken,
+            vec![(r1, "read"), (r2, "read"), (w, "write"), (f, "fsync")]
+        );
+        // Nothing is retried: waking does not call the scheme again.
+        h.server.wake();
+        assert_eq!(h.server.scheme().taken.len(), 4);
+        // Completions arrive out of order.
+        h.finish(f, Ok(Completed::Synced));
+        let (u, e, body) = h.reply().unwrap();
+        assert_eq!((u, e, body.len()), (f, 0, 0));
+        h.finish(r2, Ok(Completed::Read(b"second".to_vec())));
+        h.finish(w, Ok(Completed::Written(4)));
+        let (u, e, body) = h.reply().unwrap();
+        assert_eq!((u, e, body.as_slice()), (r2, 0, &b"second"[..]));
+        let (u, e, body) = h.reply().unwrap();
+        assert_eq!((u, e), (w, 0));
+        let (out, _) = WriteOut::read_from_prefix(&body).unwrap();
+        assert_eq!(out.size, 4);
+        h.finish(r1, Err(Error::new(syscall::error::EIO)));
+        h.expect_err(r1, EIO);
+        assert_eq!(h.server.deferred(), 0);
+        assert!(h.reply().is_none());
+    }
+
+    #[test]
+    fn bad_and_unknown_completions_never_double_reply() {
+        let mut h = Harness::new();
+        let fh = h.open();
+        h.server.scheme_mut().defer = true;
+        let r = h.read_req(fh, 0);
+        let w = h.write_req(fh, b"xy");
+        let f = h.fsync_req(fh);
+        // Unknown request: ignored.
+        h.finish(424242, Ok(Completed::Synced));
+        assert!(h.reply().is_none());
+        // More data than asked for (16), more written than given, or the
+        // wrong kind of result: EIO.
+        h.finish(r, Ok(Completed::Read(vec![0; 17])));
+        h.expect_err(r, EIO);
+        h.finish(w, Ok(Completed::Written(3)));
+        h.expect_err(w, EIO);
+        h.finish(f, Ok(Completed::Read(Vec::new())));
+        h.expect_err(f, EIO);
+        // Completing any of them again: ignored.
+        h.finish(r, Ok(Completed::Read(b"late".to_vec())));
+        h.finish(f, Ok(Completed::Synced));
+        assert!(h.reply().is_none());
+        assert_eq!(h.server.deferred(), 0);
+    }
+
+    #[test]
+    fn interrupted_deferred_request_waits_for_its_completion() {
+        let mut h = Harness::new();
+        let fh = h.open();
+        h.server.scheme_mut().defer = true;
+        let r = h.read_req(fh, 0);
+        h.send(FUSE_INTERRUPT, 0, InterruptIn { unique: r }.as_bytes());
+        assert!(h.reply().is_none(), "no EINTR for device I/O in flight");
+        assert_eq!(h.server.deferred(), 1);
+        h.finish(r, Ok(Completed::Read(b"done".to_vec())));
+        let (u, e, body) = h.reply().unwrap();
+        assert_eq!((u, e, body.as_slice()), (r, 0, &b"done"[..]));
+        assert!(h.reply().is_none());
+    }
+
+    #[test]
+    fn release_with_deferred_requests_closes_after_the_last_completion() {
+        let mut h = Harness::new();
+        let fh = h.open();
+        h.server.scheme_mut().defer = true;
+        let r = h.read_req(fh, 0);
+        let w = h.write_req(fh, b"z");
+        let rel = h.release(fh);
+        let (u, e, _) = h.reply().unwrap();
+        assert_eq!((u, e), (rel, 0), "release is answered at once");
+        assert!(h.reply().is_none(), "deferred requests are not failed");
+        assert!(h.server.scheme().closed.is_empty(), "closed under I/O");
+        h.finish(w, Ok(Completed::Written(1)));
+        let (u, e, _) = h.reply().unwrap();
+        assert_eq!((u, e), (w, 0));
+        assert!(h.server.scheme().closed.is_empty());
+        h.finish(r, Ok(Completed::Read(Vec::new())));
+        let (u, e, _) = h.reply().unwrap();
+        assert_eq!((u, e), (r, 0));
+        assert_eq!(h.server.scheme().closed, vec![fh as usize]);
+        // Late duplicates change nothing.
+        h.finish(r, Ok(Completed::Read(Vec::new())));
+        assert!(h.reply().is_none());
+        assert_eq!(h.server.scheme().closed, vec![fh as usize]);
+        assert_eq!(h.server.deferred(), 0);
+    }
+
+    #[test]
+    fn parked_request_retried_into_a_deferral() {
+        let mut h = Harness::new();
+        let fh = h.open();
+        let r = h.read_req(fh, 0);
+        assert_eq!(h.server.parked(), 1);
+        // The scheme can now take it (e.g. a queue slot freed up).
+        h.server.scheme_mut().defer = true;
+        h.server.wake();
+        assert_eq!((h.server.parked(), h.server.deferred()), (0, 1));
+        assert_eq!(h.server.scheme().taken, vec![(r, "read")]);
+        assert!(h.reply().is_none());
+        // Completions handed over before a request are collected by
+        // process() itself.
+        h.server.scheme_mut().done.push(Completion {
+            request: r,
+            result: Ok(Completed::Read(b"ok".to_vec())),
+        });
+        let g = h.send(FUSE_GETATTR, ROOT_ID, GetattrIn::default().as_bytes());
+        let (u, e, _) = h.reply().unwrap();
+        assert_eq!((u, e), (g, 0));
+        let (u, e, body) = h.reply().unwrap();
+        assert_eq!((u, e, body.as_slice()), (r, 0, &b"ok"[..]));
+        assert_eq!(h.server.deferred(), 0);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! Needs root (mount(2)) and `/dev/fuse`. Enabled by the `test-util` feature.
 
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
@@ -19,6 +20,7 @@ pub struct TestMount {
     path: PathBuf,
     stop: Arc<AtomicBool>,
     parked: Arc<AtomicUsize>,
+    deferred: Arc<AtomicUsize>,
     pollers: Arc<AtomicUsize>,
     done: mpsc::Receiver<io::Result<()>>,
     thread: Option<JoinHandle<()>>,
@@ -28,6 +30,36 @@ impl TestMount {
     /// Mounts `scheme` on a fresh path under `/tmp` (a directory for
     /// `RootKind::Dir`, a regular file for `RootKind::File`).
     pub fn new<S: Scheme + Send + 'static>(kind: RootKind, scheme: S) -> io::Result<TestMount> {
+        Self::start(kind, scheme, None)
+    }
+
+    /// Like [`TestMount::new`], with an interrupt source, as a driver's
+    /// event loop has: whenever `irq` is readable the serving thread drains
+    /// it, calls `on_irq` on the scheme, then `Server::wake()` (which
+    /// collects the scheme's completions). A test double fires an
+    /// "interrupt" by writing to the other end of `irq` (a socket pair, a
+    /// pipe or an eventfd).
+    pub fn with_irq<S, F>(
+        kind: RootKind,
+        scheme: S,
+        irq: OwnedFd,
+        on_irq: F,
+    ) -> io::Result<TestMount>
+    where
+        S: Scheme + Send + 'static,
+        F: FnMut(&mut S) + Send + 'static,
+    {
+        let fl = rustix::fs::fcntl_getfl(&irq)?;
+        rustix::fs::fcntl_setfl(&irq, fl | rustix::fs::OFlags::NONBLOCK)?;
+        Self::start(kind, scheme, Some((irq, Box::new(on_irq))))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn start<S: Scheme + Send + 'static>(
+        kind: RootKind,
+        scheme: S,
+        mut irq: Option<(OwnedFd, Box<dyn FnMut(&mut S) + Send>)>,
+    ) -> io::Result<TestMount> {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let base = std::env::temp_dir().join(format!("scheme-test-{}-{n}", std::process::id()));
@@ -48,27 +80,55 @@ impl TestMount {
         let mut server = Server::new(fd, scheme)?;
         let stop = Arc::new(AtomicBool::new(false));
         let parked = Arc::new(AtomicUsize::new(0));
+        let deferred = Arc::new(AtomicUsize::new(0));
         let pollers = Arc::new(AtomicUsize::new(0));
         let (tx, done) = mpsc::channel();
-        let (s, p, q) = (stop.clone(), parked.clone(), pollers.clone());
+        let (s, p, d, q) = (
+            stop.clone(),
+            parked.clone(),
+            deferred.clone(),
+            pollers.clone(),
+        );
         let thread = std::thread::spawn(move || {
             let res = (|| -> io::Result<()> {
                 while !s.load(Ordering::Relaxed) {
                     let status = server.process()?;
                     p.store(server.parked(), Ordering::Relaxed);
+                    d.store(server.deferred(), Ordering::Relaxed);
                     q.store(server.pollers(), Ordering::Relaxed);
                     if status == Status::Unmounted {
                         break;
                     }
                     // The timeout only bounds how late we see `stop`.
-                    let mut fds = [PollFd::new(&server, PollFlags::IN)];
                     let t = Timespec {
                         tv_sec: 0,
                         tv_nsec: 50_000_000,
                     };
-                    match rustix::event::poll(&mut fds, Some(&t)) {
-                        Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                        Err(e) => return Err(e.into()),
+                    let irq_ready = match &irq {
+                        Some((fd, _)) => {
+                            let mut fds = [
+                                PollFd::new(&server, PollFlags::IN),
+                                PollFd::new(fd, PollFlags::IN),
+                            ];
+                            match rustix::event::poll(&mut fds, Some(&t)) {
+                                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                                Err(e) => return Err(e.into()),
+                            }
+                            !fds[1].revents().is_empty()
+                        }
+                        None => {
+                            let mut fds = [PollFd::new(&server, PollFlags::IN)];
+                            match rustix::event::poll(&mut fds, Some(&t)) {
+                                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                                Err(e) => return Err(e.into()),
+                            }
+                            false
+                        }
+                    };
+                    if let (true, Some((fd, on_irq))) = (irq_ready, irq.as_mut()) {
+                        drain(fd.as_fd());
+                        on_irq(server.scheme_mut());
+                        server.wake();
                     }
                 }
                 Ok(())
@@ -83,6 +143,7 @@ impl TestMount {
             path,
             stop,
             parked,
+            deferred,
             pollers,
             done,
             thread: Some(thread),
@@ -102,6 +163,12 @@ impl TestMount {
     /// Requests currently parked in the server (updated after each batch).
     pub fn parked(&self) -> usize {
         self.parked.load(Ordering::Relaxed)
+    }
+
+    /// Requests deferred in the server (taken by the scheme, not yet
+    /// completed; updated after each batch).
+    pub fn deferred(&self) -> usize {
+        self.deferred.load(Ordering::Relaxed)
     }
 
     /// Poll handles waiting for notifications.
@@ -127,6 +194,17 @@ impl Drop for TestMount {
             }
         }
         let _ = std::fs::remove_dir_all(&self.base);
+    }
+}
+
+/// Reads a non-blocking fd until it is empty (an interrupt may have fired
+/// more than once before we looked).
+fn drain(fd: std::os::fd::BorrowedFd<'_>) {
+    let mut buf = [0u8; 64];
+    while let Ok(n) = rustix::io::read(fd, &mut buf) {
+        if n == 0 {
+            break;
+        }
     }
 }
 

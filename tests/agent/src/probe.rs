@@ -7,6 +7,12 @@
 //!   probe poll  PATH in|out TIMEOUT_MS        → ready | timeout | err ENAME
 //!   probe ioctl PATH CMD                      → ok N | err ENAME   (CMD in hex or decimal)
 //!   probe open  PATH r|w|rw                   → ok | err ENAME
+//!   probe pread PATH OFFSET COUNT             → ok N <hex> | err ENAME
+//!   probe pwrite PATH OFFSET HEX              → ok N | err ENAME
+//!   probe writes PATH PLAN                    → ok N | err ENAME
+//!         (PLAN: lines "OFFSET HEX", each one pwrite, in file order)
+//!   probe fsync PATH                          → ok | err ENAME
+//!   probe ioctl-u64 PATH CMD                  → ok R V  (V: the u64 the call wrote)
 
 use std::os::fd::OwnedFd;
 
@@ -34,6 +40,8 @@ fn errno_name(e: Errno) -> String {
         (Errno::NOTDIR, "ENOTDIR"),
         (Errno::EXIST, "EEXIST"),
         (Errno::FBIG, "EFBIG"),
+        (Errno::BUSY, "EBUSY"),
+        (Errno::NXIO, "ENXIO"),
     ];
     known
         .iter()
@@ -71,8 +79,7 @@ fn run(args: &[String]) -> Result<String, Errno> {
             let fd = open_path(path, OFlags::RDONLY | extra)?;
             let mut buf = vec![0u8; count];
             let n = rustix::io::read(&fd, &mut buf)?;
-            let hex: String = buf[..n].iter().map(|b| format!("{b:02x}")).collect();
-            Ok(format!("ok {n} {hex}"))
+            Ok(format!("ok {n} {}", to_hex(&buf[..n])))
         }
         ["write", path, text] => {
             let fd = open_path(path, OFlags::WRONLY | extra)?;
@@ -118,6 +125,61 @@ fn run(args: &[String]) -> Result<String, Errno> {
             }?;
             Ok(format!("ok {r}"))
         }
+        ["pread", path, offset, count] => {
+            let offset = parse_num(offset).ok_or(Errno::INVAL)?;
+            let count = parse_num(count).ok_or(Errno::INVAL)? as usize;
+            let fd = open_path(path, OFlags::RDONLY)?;
+            let mut buf = vec![0u8; count];
+            let n = rustix::io::pread(&fd, &mut buf, offset)?;
+            Ok(format!("ok {n} {}", to_hex(&buf[..n])))
+        }
+        ["pwrite", path, offset, hex] => {
+            let offset = parse_num(offset).ok_or(Errno::INVAL)?;
+            let data = from_hex(hex).ok_or(Errno::INVAL)?;
+            let fd = open_path(path, OFlags::WRONLY)?;
+            let n = rustix::io::pwrite(&fd, &data, offset)?;
+            Ok(format!("ok {n}"))
+        }
+        ["writes", path, plan] => {
+            let plan = std::fs::read_to_string(plan).map_err(|_| Errno::NOENT)?;
+            let fd = open_path(path, OFlags::WRONLY)?;
+            let mut total = 0;
+            for line in plan.lines().filter(|l| !l.is_empty()) {
+                let (offset, hex) = line.split_once(' ').ok_or(Errno::INVAL)?;
+                let offset = parse_num(offset).ok_or(Errno::INVAL)?;
+                let data = from_hex(hex).ok_or(Errno::INVAL)?;
+                let n = rustix::io::pwrite(&fd, &data, offset)?;
+                if n != data.len() {
+                    return Err(Errno::IO);
+                }
+                total += n;
+            }
+            Ok(format!("ok {total}"))
+        }
+        ["fsync", path] => {
+            let fd = open_path(path, OFlags::WRONLY)?;
+            rustix::fs::fsync(&fd)?;
+            Ok("ok".to_owned())
+        }
+        ["ioctl-u64", path, cmd] => {
+            let cmd = parse_num(cmd).ok_or(Errno::INVAL)?;
+            let fd = open_path(path, OFlags::RDONLY)?;
+            let mut buf = vec![0u8; 16384];
+            // SAFETY: as for `ioctl` above: a 16 KiB buffer outlasts any
+            // size a restricted FUSE ioctl can name.
+            let r = unsafe {
+                rustix::ioctl::ioctl(
+                    &fd,
+                    RawIoctl {
+                        cmd: cmd as u32,
+                        arg: buf.as_mut_ptr(),
+                    },
+                )
+            }?;
+            let mut v = [0u8; 8];
+            v.copy_from_slice(&buf[..8]);
+            Ok(format!("ok {r} {}", u64::from_ne_bytes(v)))
+        }
         ["open", path, mode] => {
             let flags = match *mode {
                 "r" => OFlags::RDONLY,
@@ -129,10 +191,24 @@ fn run(args: &[String]) -> Result<String, Errno> {
             Ok("ok".to_owned())
         }
         _ => {
-            eprintln!("usage: probe read|write|poll|ioctl|open ... (see source)");
+            eprintln!("usage: probe read|write|poll|ioctl|open|pread|pwrite|writes|fsync|ioctl-u64 ... (see source)");
             std::process::exit(2);
         }
     }
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn from_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// An ioctl whose command comes from the command line.

@@ -59,6 +59,20 @@ pub fn machine_args(memory_mb: u32, smp: u32) -> Vec<String> {
     .collect()
 }
 
+/// QEMU arguments for a virtio-blk disk backed by `file` at slot `addr`
+/// (`"04.0"`, so it is `pci-0000-00-04.0`). Modern-only and behind the
+/// IOMMU: without `iommu_platform=on` QEMU's virtio devices bypass the vIOMMU
+/// and DMA to guest-physical addresses, which a driver that only holds IOVAs
+/// must refuse (ours does).
+pub fn virtio_blk_args(id: &str, file: &Path, addr: &str) -> Vec<String> {
+    vec![
+        "-drive".to_owned(),
+        format!("file={},if=none,id={id},format=raw", file.display()),
+        "-device".to_owned(),
+        format!("virtio-blk-pci,drive={id},id={id},addr={addr},disable-legacy=on,iommu_platform=on"),
+    ]
+}
+
 /// Kernel command line; `extra` words are appended.
 pub fn kernel_cmdline(extra: &[String]) -> String {
     let mut words = vec![
@@ -107,8 +121,19 @@ impl Config {
         }
     }
 
+    pub fn args(mut self, args: Vec<String>) -> Config {
+        self.qemu_args.extend(args);
+        self
+    }
+
     pub fn arg(mut self, args: &[&str]) -> Config {
         self.qemu_args.extend(args.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// Extra words for the kernel command line.
+    pub fn cmdline(mut self, words: &[&str]) -> Config {
+        self.cmdline.extend(words.iter().map(|s| s.to_string()));
         self
     }
 

@@ -38,17 +38,14 @@ fn main() {
         "mon:stdio".into(),
         "-qmp".into(),
         format!("unix:{},server=on,wait=off", qmp.display()),
-        // The first disk, served by virtio-blkd once pcid and the driver
-        // exist; two empty root ports to hot-plug into (ids rp1, rp2).
-        "-drive".into(),
-        format!("file={},if=none,id=disk0,format=raw", disk.display()),
-        "-device".into(),
-        "virtio-blk-pci,drive=disk0,id=vblk0".into(),
+        // Two empty root ports to hot-plug into (ids rp1, rp2).
         "-device".into(),
         "pcie-root-port,id=rp1,chassis=1,slot=1".into(),
         "-device".into(),
         "pcie-root-port,id=rp2,chassis=2,slot=2".into(),
     ]);
+    // The first disk, served by virtio-blkd as /scheme/disk.pci-0000-00-04.0_virtio_blk.
+    args.extend(lab::virtio_blk_args("disk0", &disk, "04.0"));
     if let Ok(extra) = std::env::var("QEMU_ARGS") {
         args.extend(extra.split_whitespace().map(str::to_owned));
     }

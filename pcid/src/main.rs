@@ -1,0 +1,49 @@
+//! pcid: see the library. Started by init as a `notify` unit: it registers
+//! `/scheme/pci`, scans and starts the drivers it matches, then reports
+//! ready and serves.
+
+use std::io;
+use std::path::Path;
+use std::process::ExitCode;
+
+use pcid::pci_scheme::PciScheme;
+use pcid::rules::{load_rules, parse_ignore};
+use pcid::service::{Pcid, System};
+use pcid::sysfs::Sysfs;
+use pcid::table::Table;
+use scheme::{RootKind, Server};
+
+fn main() -> ExitCode {
+    daemon::init_logging();
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> io::Result<()> {
+    let daemon = daemon::Daemon::from_env()?;
+    let fuse = daemon.register("pci", RootKind::Dir)?;
+
+    let (rules, errors) = load_rules(Path::new(pcid::RULES_DIR));
+    for e in &errors {
+        log::error!("{e} (file skipped)");
+    }
+    log::info!("{} driver rules from {}", rules.len(), pcid::RULES_DIR);
+
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let (ignore, bad) = parse_ignore(&cmdline);
+    for b in bad {
+        log::error!("pcid.ignore: {b:?} is not a PCI address (SSSS:BB:DD.F)");
+    }
+
+    let server = Server::new(fuse, PciScheme::new(Table::new(), Sysfs::system()))?;
+    let mut pcid = Pcid::new(server, System::new(daemon), rules, ignore)?;
+    pcid.scan()?;
+    log::info!("{} PCI functions", pcid.scheme().table().len());
+    pcid.platform().daemon().ready()?;
+    pcid.run()
+}

@@ -1,0 +1,369 @@
+//! The pcid daemon: one event loop over the scheme and the drivers'
+//! channels. It scans, matches rules, hands each matched function to
+//! `vfio-pci`, opens a fresh VFIO container for it and asks init to start
+//! its driver with the container, device and channel fds; then it answers
+//! channel requests and releases a function when its driver's channel
+//! hangs up.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
+
+use common::event::EventLoop;
+use common::vfio::{Container, Group};
+use pci_types::PciAddress;
+use pcid_interface::ChannelReply;
+use rustix::event::{PollFd, PollFlags};
+use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
+use scheme::{Server, Status};
+
+use crate::addr::{function_name, sysfs_address};
+use crate::channel;
+use crate::pci_scheme::PciScheme;
+use crate::rules::{find_rule, Rule};
+use crate::sysfs::Sysfs;
+use crate::table::Owner;
+
+/// The privileged steps of a claim, behind a trait so the loop can be
+/// tested on a machine without VFIO or init.
+pub trait Platform {
+    /// Binds `a` to `vfio-pci` and opens a fresh container with the
+    /// function's IOMMU group attached.
+    fn open_vfio(&self, sysfs: &Sysfs, a: PciAddress) -> io::Result<VfioFds>;
+
+    /// Asks init to start `unit@instance` with `fds` at 4, 5, 6….
+    fn spawn(
+        &self,
+        unit: &str,
+        instance: &str,
+        args: &[&str],
+        fds: &[BorrowedFd<'_>],
+    ) -> io::Result<()>;
+}
+
+/// What a driver gets from VFIO: its own container (IOMMU domain) and the
+/// device. pcid closes its copies once init has them.
+pub struct VfioFds {
+    pub container: Box<dyn AsFd>,
+    pub device: Box<dyn AsFd>,
+}
+
+/// The real platform: sysfs, `/dev/vfio` and init's control channel.
+pub struct System {
+    daemon: daemon::Daemon,
+}
+
+impl System {
+    pub fn new(daemon: daemon::Daemon) -> System {
+        System { daemon }
+    }
+
+    pub fn daemon(&self) -> &daemon::Daemon {
+        &self.daemon
+    }
+}
+
+impl Platform for System {
+    fn open_vfio(&self, sysfs: &Sysfs, a: PciAddress) -> io::Result<VfioFds> {
+        let step = |what: &str, e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
+        sysfs
+            .bind_vfio(a)
+            .map_err(|e| step("binding to vfio-pci", e))?;
+        let n = sysfs.iommu_group(a)?;
+        let container = Container::open().map_err(|e| step("opening a VFIO container", e))?;
+        let group = Group::open(n).map_err(|e| step(&format!("opening /dev/vfio/{n}"), e))?;
+        if !group.is_viable()? {
+            return Err(io::Error::other(format!(
+                "IOMMU group {n} is not viable (another function in it is bound to a host driver)"
+            )));
+        }
+        group
+            .set_container(&container)
+            .map_err(|e| step(&format!("attaching group {n}"), e))?;
+        container
+            .set_iommu_type1v2()
+            .map_err(|e| step("setting the type1v2 IOMMU", e))?;
+        let device = group
+            .device(&sysfs_address(a))
+            .map_err(|e| step("getting the device fd", e))?;
+        // The group fd may close now: the open device keeps the group (and
+        // its container) attached.
+        Ok(VfioFds {
+            container: Box::new(container),
+            device: Box::new(device),
+        })
+    }
+
+    fn spawn(
+        &self,
+        unit: &str,
+        instance: &str,
+        args: &[&str],
+        fds: &[BorrowedFd<'_>],
+    ) -> io::Result<()> {
+        self.daemon.spawn(unit, instance, args, fds)
+    }
+}
+
+/// The scheme's token in the event loop; drivers' channels count from 1.
+const SERVER: u64 = 0;
+
+/// pcid's end of one driver's channel.
+struct DriverChannel {
+    address: PciAddress,
+    socket: OwnedFd,
+    unit: String,
+    instance: String,
+}
+
+/// The daemon's state.
+pub struct Pcid<P: Platform> {
+    server: Server<PciScheme>,
+    events: EventLoop,
+    platform: P,
+    rules: Vec<Rule>,
+    ignore: BTreeSet<PciAddress>,
+    drivers: BTreeMap<u64, DriverChannel>,
+    next_token: u64,
+}
+
+impl<P: Platform> Pcid<P> {
+    pub fn new(
+        server: Server<PciScheme>,
+        platform: P,
+        rules: Vec<Rule>,
+        ignore: BTreeSet<PciAddress>,
+    ) -> io::Result<Pcid<P>> {
+        let events = EventLoop::new()?;
+        events.add(server.as_fd(), SERVER)?;
+        Ok(Pcid {
+            server,
+            events,
+            platform,
+            rules,
+            ignore,
+            drivers: BTreeMap::new(),
+            next_token: SERVER + 1,
+        })
+    }
+
+    pub fn platform(&self) -> &P {
+        &self.platform
+    }
+
+    pub fn scheme(&self) -> &PciScheme {
+        self.server.scheme()
+    }
+
+    /// Rescans the bus, logs what changed, and starts drivers for new
+    /// functions that a rule matches. Failures are per function: logged,
+    /// and the rest goes on.
+    pub fn scan(&mut self) -> io::Result<()> {
+        let scheme = self.server.scheme_mut();
+        let sysfs = scheme.sysfs().clone();
+        let diff = scheme.table_mut().rescan(&sysfs)?;
+        for (a, e) in &diff.failed {
+            log::error!("{}: {e}", function_name(*a));
+        }
+        for f in &diff.removed {
+            log::info!("{}: removed (owner: {})", f.name, f.owner);
+            // Its channel, if any, stays until the driver hangs up; hotplug
+            // handling decides more.
+        }
+        for a in diff.added {
+            self.consider(a);
+        }
+        Ok(())
+    }
+
+    /// Matches one new function against the rules and starts its driver.
+    fn consider(&mut self, a: PciAddress) {
+        let Some(f) = self.server.scheme().table().get(a) else {
+            return;
+        };
+        let p = &f.parsed;
+        let what = format!(
+            "{}: {:04x}:{:04x} class {:02x}.{:02x}.{:02x}",
+            f.name, p.vendor, p.device, p.class, p.subclass, p.interface
+        );
+        if self.ignore.contains(&a) {
+            log::info!("{what}: ignored (pcid.ignore)");
+            return;
+        }
+        let Some(rule) = find_rule(&self.rules, p).cloned() else {
+            log::debug!("{what}: no driver rule");
+            return;
+        };
+        if !f.owner.is_none() {
+            log::warn!(
+                "{what}: matches {} but is owned by {}",
+                rule.describe(),
+                f.owner
+            );
+            return;
+        }
+        log::info!(
+            "{what}: matches {}, starting {}",
+            rule.describe(),
+            rule.unit()
+        );
+        if let Err(e) = self.start_driver(a, &rule) {
+            log::error!("{}: cannot start {}: {e}", function_name(a), rule.unit());
+        }
+    }
+
+    fn start_driver(&mut self, a: PciAddress, rule: &Rule) -> io::Result<()> {
+        let instance = function_name(a);
+        let vfio = self.platform.open_vfio(self.server.scheme().sysfs(), a)?;
+        let (ours, theirs) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )?;
+        // Only our end is non-blocking: the loop must never wait on a
+        // driver; the driver's end keeps ordinary blocking semantics.
+        let fl = rustix::fs::fcntl_getfl(&ours)?;
+        rustix::fs::fcntl_setfl(&ours, fl | rustix::fs::OFlags::NONBLOCK)?;
+        let token = self.next_token;
+        self.next_token += 1;
+        self.events.add(ours.as_fd(), token)?;
+        let args: Vec<&str> = rule.args().iter().map(String::as_str).collect();
+        let fds = [vfio.container.as_fd(), vfio.device.as_fd(), theirs.as_fd()];
+        if let Err(e) = self.platform.spawn(rule.unit(), &instance, &args, &fds) {
+            let _ = self.events.remove(ours.as_fd());
+            return Err(io::Error::new(e.kind(), format!("asking init: {e}")));
+        }
+        // init holds its own copies now; ours (container, device, the
+        // driver's end of the channel) close here.
+        drop(vfio);
+        drop(theirs);
+        if let Some(f) = self.server.scheme_mut().table_mut().get_mut(a) {
+            f.owner = Owner::Driver {
+                unit: rule.unit().to_owned(),
+                instance: instance.clone(),
+                channel: token,
+            };
+        }
+        log::info!("{instance}: {}@{instance} started", rule.unit());
+        self.drivers.insert(
+            token,
+            DriverChannel {
+                address: a,
+                socket: ours,
+                unit: rule.unit().to_owned(),
+                instance,
+            },
+        );
+        Ok(())
+    }
+
+    /// Serves whatever is ready, waiting at most `timeout` (`None`: until
+    /// something happens).
+    pub fn poll_once(&mut self, timeout: Option<Duration>) -> io::Result<Status> {
+        let tokens = self.events.wait(timeout)?;
+        let mut status = Status::Running;
+        let mut channel_event = false;
+        for t in tokens {
+            if t == SERVER {
+                status = self.server.process()?;
+                if status == Status::Unmounted {
+                    return Ok(status);
+                }
+            } else {
+                self.on_channel(t);
+                channel_event = true;
+            }
+        }
+        if channel_event {
+            self.server.wake();
+        }
+        Ok(status)
+    }
+
+    /// Serves until `/scheme/pci` is unmounted.
+    pub fn run(&mut self) -> io::Result<()> {
+        while self.poll_once(None)? == Status::Running {}
+        Ok(())
+    }
+
+    /// One driver's channel is readable: a request, or the hang-up.
+    fn on_channel(&mut self, token: u64) {
+        let Some(ch) = self.drivers.get(&token) else {
+            return;
+        };
+        let mut buf = vec![0u8; channel::MAX_REQUEST + 1];
+        let received = rustix::net::recv(
+            &ch.socket,
+            &mut buf[..],
+            RecvFlags::DONTWAIT | RecvFlags::TRUNC,
+        );
+        let len = match received {
+            Ok((_, 0)) if hung_up(ch.socket.as_fd()) => return self.hang_up(token, None),
+            Ok((_, full)) => full,
+            Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => return,
+            Err(e) => return self.hang_up(token, Some(e.into())),
+        };
+        let scheme = self.server.scheme();
+        let reply = if len > channel::MAX_REQUEST {
+            // The kernel cut it to our buffer; `len` is its real length.
+            ChannelReply::Error(format!(
+                "request of {len} bytes is longer than {}",
+                channel::MAX_REQUEST
+            ))
+        } else {
+            match scheme.table().get(ch.address) {
+                Some(f) => channel::answer(f, scheme.sysfs(), &buf[..len]),
+                None => ChannelReply::Error("the function was removed".into()),
+            }
+        };
+        let reply = channel::encode(&reply);
+        if let Err(e) = rustix::net::send(
+            &ch.socket,
+            &reply,
+            SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+        ) {
+            log::warn!(
+                "{}: reply to {}@{} not sent: {e}",
+                function_name(ch.address),
+                ch.unit,
+                ch.instance
+            );
+        }
+    }
+
+    /// The driver closed its end (it exited): forget the channel and
+    /// release the function.
+    fn hang_up(&mut self, token: u64, error: Option<io::Error>) {
+        let Some(ch) = self.drivers.remove(&token) else {
+            return;
+        };
+        let _ = self.events.remove(ch.socket.as_fd());
+        let why = error.map(|e| format!(" ({e})")).unwrap_or_default();
+        log::warn!(
+            "{}: {}@{} closed its channel{why}: driver exited; function released",
+            function_name(ch.address),
+            ch.unit,
+            ch.instance
+        );
+        if let Some(f) = self.server.scheme_mut().table_mut().get_mut(ch.address) {
+            // Only if it is still this driver's (not a later one's).
+            if matches!(f.owner, Owner::Driver { channel, .. } if channel == token) {
+                f.owner = Owner::None;
+            }
+        }
+    }
+}
+
+/// Whether the peer of a socket that just read 0 bytes is gone (rather
+/// than having sent an empty packet).
+fn hung_up(fd: BorrowedFd<'_>) -> bool {
+    let mut fds = [PollFd::new(&fd, PollFlags::RDHUP)];
+    match rustix::event::poll(&mut fds, Some(&rustix::event::Timespec::default())) {
+        Ok(_) => fds[0]
+            .revents()
+            .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR),
+        Err(_) => true,
+    }
+}
