@@ -87,7 +87,8 @@ impl Service {
 
 impl Services {
     pub fn new(units: Vec<Unit>, epoll: OwnedFd, scheme_root: &Path) -> Services {
-        let (templates, units): (Vec<Unit>, Vec<Unit>) = units.into_iter().partition(|u| u.template);
+        let (templates, units): (Vec<Unit>, Vec<Unit>) =
+            units.into_iter().partition(|u| u.template);
         Services {
             list: units.into_iter().map(Service::new).collect(),
             epoll,

@@ -101,16 +101,10 @@ pub struct Bar {
     pub prefetchable: bool,
 }
 
-/// One entry of the standard capability list.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Capability {
-    pub id: u8,
-    pub offset: u8,
-    /// The capability's bytes from its header: a vendor capability (0x09)
-    /// as long as its own length byte says; any other its 4-byte header
-    /// (the rest has no self-described length).
-    pub data: Vec<u8>,
-}
+/// One entry of the standard capability list: the driver side's type, so
+/// pcid and drivers read capabilities with one walker
+/// ([`pcid_interface::caps::parse_capabilities`]).
+pub use pcid_interface::Capability;
 
 /// One entry of the PCIe extended capability list (offset ≥ 0x100).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -440,30 +434,10 @@ pub fn parse_config(
     })
 }
 
-/// The standard capability list, from the pointer at 0x34. Bounded and
-/// loop-safe: each offset is visited once, pointers below 0x40 end it.
+/// The standard capability list, from the pointer at 0x34 (bounded and
+/// loop-safe; see [`pcid_interface::caps::parse_capabilities`]).
 pub fn walk_capabilities(bytes: &[u8]) -> Vec<Capability> {
-    let limit = bytes.len().min(EXT_START);
-    let mut out = Vec::new();
-    let mut seen = BTreeSet::new();
-    let mut ptr = usize::from(bytes.get(0x34).copied().unwrap_or(0) & 0xfc);
-    while ptr >= HEADER_LEN && ptr + 2 <= limit && seen.insert(ptr) {
-        let id = bytes[ptr];
-        let next = usize::from(bytes[ptr + 1] & 0xfc);
-        let len = if id == 0x09 {
-            usize::from(bytes.get(ptr + 2).copied().unwrap_or(0)).max(3)
-        } else {
-            4
-        };
-        let end = (ptr + len).min(limit);
-        out.push(Capability {
-            id,
-            offset: ptr as u8,
-            data: bytes[ptr..end].to_vec(),
-        });
-        ptr = next;
-    }
-    out
+    pcid_interface::caps::parse_capabilities(bytes)
 }
 
 /// The PCIe extended capability list at 0x100 (only in a 4 KiB image).

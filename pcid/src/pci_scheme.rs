@@ -315,17 +315,10 @@ impl Scheme for PciScheme {
                 if self.table.get(*a).is_none() {
                     return Err(Error::new(ENODEV));
                 }
-                let skip = usize::try_from(opaque_offset).unwrap_or(usize::MAX);
-                for (i, name) in FILES.iter().enumerate().skip(skip) {
-                    let e = DirEntry {
-                        name,
-                        kind: DirentKind::Regular,
-                        next_opaque_id: i as u64 + 1,
-                    };
-                    if !buf.entry(e) {
-                        break;
-                    }
-                }
+                buf.list(
+                    opaque_offset,
+                    FILES.iter().map(|n| (*n, DirentKind::Regular)),
+                );
                 Ok(())
             }
             _ => Err(Error::new(ENOTDIR)),

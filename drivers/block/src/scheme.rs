@@ -16,8 +16,7 @@ use std::io;
 
 use log::{info, warn};
 use scheme::{
-    ioctl, CallerCtx, Completion, DirEntry, DirentBuf, DirentKind, Handles, OpenResult, Scheme,
-    Stat,
+    ioctl, CallerCtx, Completion, DirentBuf, DirentKind, Handles, OpenResult, Scheme, Stat,
 };
 use syscall::error::{
     Error, Result, EACCES, EBADF, EINPROGRESS, EINVAL, EISDIR, ENOENT, ENOSPC, ENOTDIR, ENOTTY,
@@ -339,17 +338,11 @@ impl<D: BlockDevice> Scheme for DiskScheme<D> {
         if self.handles.get(id)?.target != Target::Root {
             return Err(Error::new(ENOTDIR));
         }
-        let start = usize::try_from(opaque_offset).unwrap_or(usize::MAX);
-        for (i, name) in self.names().iter().enumerate().skip(start) {
-            let entry = DirEntry {
-                name,
-                kind: DirentKind::Regular,
-                next_opaque_id: i as u64 + 1,
-            };
-            if !buf.entry(entry) {
-                break;
-            }
-        }
+        let names = self.names();
+        buf.list(
+            opaque_offset,
+            names.iter().map(|n| (n.as_str(), DirentKind::Regular)),
+        );
         Ok(())
     }
 

@@ -188,8 +188,7 @@ pub fn send_with_fd(
 
 /// Sends one packet carrying up to [`proto::MAX_PASSED_FDS`] descriptors.
 pub fn send_with_fds(sock: BorrowedFd<'_>, msg: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-    let mut space =
-        [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(proto::MAX_PASSED_FDS))];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(proto::MAX_PASSED_FDS))];
     let mut anc = SendAncillaryBuffer::new(&mut space);
     if !fds.is_empty() && !anc.push(SendAncillaryMessage::ScmRights(fds)) {
         return Err(io::Error::new(
@@ -211,8 +210,7 @@ pub fn recv_with_fd(sock: BorrowedFd<'_>) -> io::Result<(Vec<u8>, Option<OwnedFd
 /// Receives one packet and the descriptors passed with it, in order.
 pub fn recv_with_fds(sock: BorrowedFd<'_>) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
     let mut buf = vec![0u8; proto::MAX_MESSAGE];
-    let mut space =
-        [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(proto::MAX_PASSED_FDS))];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(proto::MAX_PASSED_FDS))];
     let mut anc = RecvAncillaryBuffer::new(&mut space);
     let res = recvmsg(
         sock,

@@ -10,9 +10,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use scheme::{
-    ioctl, CallerCtx, DirEntry, DirentBuf, DirentKind, Handles, OpenResult, Scheme, Stat,
-};
+use scheme::{ioctl, CallerCtx, DirentBuf, DirentKind, Handles, OpenResult, Scheme, Stat};
 use syscall::error::{
     Error, Result, EAGAIN, EBADF, EEXIST, EINVAL, EISDIR, ENAMETOOLONG, ENOENT, ENOTDIR, ENOTTY,
 };
@@ -208,17 +206,10 @@ impl Scheme for FifoScheme {
         }
         // The offset is the index of the next entry (the map is ordered and
         // FIFOs are never removed, so indexes are stable).
-        let skip = usize::try_from(opaque_offset).unwrap_or(usize::MAX);
-        for (i, name) in self.fifos.keys().enumerate().skip(skip) {
-            let e = DirEntry {
-                name,
-                kind: DirentKind::Regular,
-                next_opaque_id: i as u64 + 1,
-            };
-            if !buf.entry(e) {
-                break;
-            }
-        }
+        buf.list(
+            opaque_offset,
+            self.fifos.keys().map(|n| (n.as_str(), DirentKind::Regular)),
+        );
         Ok(())
     }
 

@@ -115,6 +115,27 @@ impl DirentBuf {
         }
     }
 
+    /// Lists a directory whose entries have stable indexes (a fixed set of
+    /// files, or a map that only grows): `opaque_offset` is the index of the
+    /// next entry to give, and each entry's `next_opaque_id` its index + 1.
+    pub fn list<'a>(
+        &mut self,
+        opaque_offset: u64,
+        entries: impl IntoIterator<Item = (&'a str, DirentKind)>,
+    ) {
+        let skip = usize::try_from(opaque_offset).unwrap_or(usize::MAX);
+        for (i, (name, kind)) in entries.into_iter().enumerate().skip(skip) {
+            let entry = DirEntry {
+                name,
+                kind,
+                next_opaque_id: i as u64 + 1,
+            };
+            if !self.entry(entry) {
+                break;
+            }
+        }
+    }
+
     /// Adds an entry; `false` (and nothing added) if it does not fit.
     pub fn entry(&mut self, entry: DirEntry<'_>) -> bool {
         let need = abi::dirent_size(entry.name.len());

@@ -69,7 +69,9 @@ pub fn virtio_blk_args(id: &str, file: &Path, addr: &str) -> Vec<String> {
         "-drive".to_owned(),
         format!("file={},if=none,id={id},format=raw", file.display()),
         "-device".to_owned(),
-        format!("virtio-blk-pci,drive={id},id={id},addr={addr},disable-legacy=on,iommu_platform=on"),
+        format!(
+            "virtio-blk-pci,drive={id},id={id},addr={addr},disable-legacy=on,iommu_platform=on"
+        ),
     ]
 }
 

@@ -141,7 +141,10 @@ fn virtio_blk_disks_through_the_scheme() -> lab::Result<()> {
     // Nothing above took a daemon down.
     let after = vm.ok("pidof virtio-blkd")?;
     for pid in &pids {
-        assert!(after.split_whitespace().any(|p| p == pid), "{pid} gone: {after}");
+        assert!(
+            after.split_whitespace().any(|p| p == pid),
+            "{pid} gone: {after}"
+        );
     }
     let console = vm.console();
     assert!(!console.contains("exited unexpectedly"), "{console}");
@@ -150,9 +153,15 @@ fn virtio_blk_disks_through_the_scheme() -> lab::Result<()> {
     let status = vm.poweroff(Duration::from_secs(60))?;
     assert!(status.success(), "qemu: {status}");
     let host_a = std::fs::read(&path_a).map_err(|e| e.to_string())?;
-    assert!(host_a == expected_a, "disk A on the host differs from what the guest wrote");
+    assert!(
+        host_a == expected_a,
+        "disk A on the host differs from what the guest wrote"
+    );
     let host_b = std::fs::read(&path_b).map_err(|e| e.to_string())?;
-    assert!(host_b == disk_b, "disk B changed although nothing wrote to it");
+    assert!(
+        host_b == disk_b,
+        "disk B changed although nothing wrote to it"
+    );
     Ok(())
 }
 
@@ -188,10 +197,16 @@ fn unprivileged_and_bound(vm: &mut Vm, pids: &[String]) -> lab::Result<()> {
 
 fn whole_disk_reads(vm: &mut Vm, disk_a: &[u8]) -> lab::Result<()> {
     let sum = vm.ok(&format!("dd if={DISK_A}/0 bs=1M 2>/dev/null | md5sum"))?;
-    assert_eq!(sum.split_whitespace().next(), Some(md5_hex(disk_a).as_str()));
+    assert_eq!(
+        sum.split_whitespace().next(),
+        Some(md5_hex(disk_a).as_str())
+    );
     // Odd block sizes cross sector boundaries in every request.
     let sum = vm.ok(&format!("dd if={DISK_A}/0 bs=3333 2>/dev/null | md5sum"))?;
-    assert_eq!(sum.split_whitespace().next(), Some(md5_hex(disk_a).as_str()));
+    assert_eq!(
+        sum.split_whitespace().next(),
+        Some(md5_hex(disk_a).as_str())
+    );
     let size = vm.ok(&format!("stat -c %s {DISK_A}/0"))?;
     assert_eq!(size.trim(), SIZE_A.to_string());
     // An unaligned read in the middle.
@@ -209,7 +224,10 @@ fn gpt_partitions(vm: &mut Vm, disk_b: &[u8]) -> lab::Result<()> {
     let names: Vec<&str> = list.split_whitespace().collect();
     assert_eq!(names, ["0", "0p1", "0p2"], "{list}");
     let sum = vm.ok(&format!("dd if={DISK_B}/0 bs=1M 2>/dev/null | md5sum"))?;
-    assert_eq!(sum.split_whitespace().next(), Some(md5_hex(disk_b).as_str()));
+    assert_eq!(
+        sum.split_whitespace().next(),
+        Some(md5_hex(disk_b).as_str())
+    );
     for (n, (first, last)) in PARTS_B.iter().enumerate() {
         let part = &disk_b[*first as usize * 512..(*last as usize + 1) * 512];
         let path = format!("{DISK_B}/0p{}", n + 1);
@@ -254,7 +272,11 @@ fn concurrent_unaligned_writes(vm: &mut Vm, expected_a: &[u8]) -> lab::Result<()
 
 fn bad_inputs(vm: &mut Vm) -> lab::Result<()> {
     let probe = |vm: &mut Vm, args: &str| -> lab::Result<String> {
-        Ok(vm.sh(&format!("probe {args}"))?.stdout_str().trim().to_owned())
+        Ok(vm
+            .sh(&format!("probe {args}"))?
+            .stdout_str()
+            .trim()
+            .to_owned())
     };
     assert_eq!(probe(vm, &format!("open {DISK_A}/7 r"))?, "err ENOENT");
     assert_eq!(probe(vm, &format!("open {DISK_A}/0p1 r"))?, "err ENOENT");
@@ -271,8 +293,14 @@ fn bad_inputs(vm: &mut Vm) -> lab::Result<()> {
         probe(vm, &format!("pwrite {DISK_A}/0 {SIZE_A} 00"))?,
         "err ENOSPC"
     );
-    assert_eq!(probe(vm, &format!("ioctl {DISK_A}/0 0x1234"))?, "err ENOTTY");
-    assert_eq!(probe(vm, &format!("ioctl {DISK_A}/0 0xc0ffee00"))?, "err ENOTTY");
+    assert_eq!(
+        probe(vm, &format!("ioctl {DISK_A}/0 0x1234"))?,
+        "err ENOTTY"
+    );
+    assert_eq!(
+        probe(vm, &format!("ioctl {DISK_A}/0 0xc0ffee00"))?,
+        "err ENOTTY"
+    );
     // BLKGETSIZE64 answers the size.
     assert_eq!(
         probe(vm, &format!("ioctl-u64 {DISK_A}/0 0x80081272"))?,
@@ -291,9 +319,15 @@ fn pci_scheme(vm: &mut Vm) -> lab::Result<()> {
     }
     let summary = vm.ok("cat /scheme/pci/pci-0000-00-04.0/summary")?;
     assert!(summary.contains("1af4"), "{summary}");
-    assert!(summary.contains("virtio-blkd@pci-0000-00-04.0"), "{summary}");
+    assert!(
+        summary.contains("virtio-blkd@pci-0000-00-04.0"),
+        "{summary}"
+    );
     let config = vm.ok("od -An -tx1 -N4 /scheme/pci/pci-0000-00-04.0/config")?;
-    assert_eq!(config.split_whitespace().collect::<Vec<_>>(), ["f4", "1a", "42", "10"]);
+    assert_eq!(
+        config.split_whitespace().collect::<Vec<_>>(),
+        ["f4", "1a", "42", "10"]
+    );
     let out = vm.sh("probe open /scheme/pci/pci-0000-00-04.0/channel rw")?;
     assert_eq!(out.stdout_str().trim(), "err EBUSY");
     Ok(())

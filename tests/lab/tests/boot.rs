@@ -25,7 +25,7 @@ fn boot_schemes_and_poweroff() -> lab::Result<()> {
     let schemes = vm.ok("ls /scheme")?;
     let mut names: Vec<&str> = schemes.split_whitespace().collect();
     names.sort();
-    assert_eq!(names, ["fifo", "null", "rand", "zero"]);
+    assert_eq!(names, ["fifo", "null", "pci", "rand", "zero"]);
 
     // The kernel modules init loaded from the image.
     let modules = vm.ok("cut -d' ' -f1 /proc/modules")?;

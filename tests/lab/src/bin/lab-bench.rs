@@ -50,8 +50,13 @@ fn run() -> Result<(), String> {
     let kernel = measure(&mut vm, &format!("blkbench {dev} --direct {args}"), timeout)?;
     let _ = vm.poweroff(Duration::from_secs(60));
 
-    println!("block: virtio-blkd (/scheme/disk…/0) vs Linux virtio_blk ({dev}, O_DIRECT), same VM, TCG");
-    println!("{:<28} {:>12} {:>12} {:>8}", "workload", "ours", "linux", "ratio");
+    println!(
+        "block: virtio-blkd (/scheme/disk…/0) vs Linux virtio_blk ({dev}, O_DIRECT), same VM, TCG"
+    );
+    println!(
+        "{:<28} {:>12} {:>12} {:>8}",
+        "workload", "ours", "linux", "ratio"
+    );
     for (key, label) in [
         ("seq_read_mbs", "seq read 1 MiB (MB/s)"),
         ("seq_write_mbs", "seq write 1 MiB (MB/s)"),
