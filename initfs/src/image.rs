@@ -371,6 +371,8 @@ mod tests {
                 ("vfio", ""),
                 ("vfio_iommu_type1", "vfio"),
                 ("fuse", ""),
+                ("virtio_blk", "virtio"),
+                ("virtio", ""),
             ],
         );
         std::fs::create_dir_all(kroot.join("boot")).unwrap();
@@ -396,6 +398,7 @@ path = "/usr/sbin/x"
 target = "/bin/busybox"
 [kernel]
 modules = ["vfio-pci", "vfio_iommu_type1", "fuse"]
+optional = ["virtio_blk", "vfio"]
 "#,
             busybox.display()
         );
@@ -417,7 +420,7 @@ modules = ["vfio-pci", "vfio_iommu_type1", "fuse"]
         let out = s.0.join("out");
         let sum = build(&inp, &out).unwrap();
         assert_eq!(std::fs::read(out.join("vmlinuz")).unwrap(), b"KERNEL");
-        assert_eq!(sum.modules, 4);
+        assert_eq!(sum.modules, 6);
 
         let gz = std::fs::read(out.join("initfs.cpio.gz")).unwrap();
         let mut raw = Vec::new();
@@ -457,6 +460,13 @@ modules = ["vfio-pci", "vfio_iommu_type1", "fuse"]
             "vfio.ko\nvfio-pci.ko\nvfio_iommu_type1.ko\nfuse.ko\n"
         );
         assert_eq!(get("lib/modules/vfio-pci.ko").1, 0o100644);
+        // Optional modules ship (with their dependencies) but are not in the
+        // boot list; one already loaded at boot is not listed again.
+        assert_eq!(
+            String::from_utf8(get("etc/modules.optional").3.clone()).unwrap(),
+            "virtio.ko\nvirtio_blk.ko\n"
+        );
+        assert_eq!(get("lib/modules/virtio_blk.ko").1, 0o100644);
 
         // Every entry's parent comes before it.
         for (i, e) in entries.iter().enumerate() {

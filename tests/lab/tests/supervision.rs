@@ -28,7 +28,14 @@ fn failures_are_reported_and_init_stays_up() -> lab::Result<()> {
             0o644,
         )
         // Not a valid unit at all.
-        .file("/etc/init.d/broken.toml", b"command = \n", 0o644);
+        .file("/etc/init.d/broken.toml", b"command = \n", 0o644)
+        // Asks init for a driver instance it has no right to start: one
+        // packet on the control socket (fd 3), the reply read back whole.
+        .file(
+            "/etc/init.d/rogue.toml",
+            b"command = \"/bin/sh\"\nargs = [\"-c\", \"echo spawn virtio-blkd pci-0000-00-09.0 >&3; dd bs=300 count=1 <&3 > /run/rogue.reply 2>/dev/null\"]\ntype = \"oneshot\"\n",
+            0o644,
+        );
     let mut vm = Vm::boot(cfg)?;
     let console = vm.console();
     let expect = |needle: &str| {
@@ -52,6 +59,15 @@ fn failures_are_reported_and_init_stays_up() -> lab::Result<()> {
             "banner does not list {name} as failed: {banner}"
         );
     }
+    // Only pcid may start drivers: the request is refused, nothing started.
+    let reply = vm.ok("cat /run/rogue.reply")?;
+    assert!(
+        reply.starts_with("err 13 rogue may not start instances of virtio-blkd"),
+        "{reply}"
+    );
+    expect("rogue: cannot start virtio-blkd@pci-0000-00-09.0");
+    assert!(!console.contains("started virtio-blkd@pci-0000-00-09.0"));
+
     // The healthy services came up regardless.
     vm.ok("test -f /scheme/null && test -d /scheme/fifo")?;
 
