@@ -187,6 +187,20 @@ impl<D: BlockDevice> DiskScheme<D> {
         }
     }
 
+    /// The extent behind a handle about to be read (`write` false) or
+    /// written: `EISDIR` for `/`, `EBADF` if the handle was not opened for
+    /// that.
+    fn data_extent(&self, id: usize, write: bool) -> Result<(usize, u64, u64)> {
+        let h = self.handles.get(id)?;
+        if h.target == Target::Root {
+            return Err(Error::new(EISDIR));
+        }
+        if !(if write { h.write } else { h.read }) {
+            return Err(Error::new(EBADF));
+        }
+        self.extent(h.target)
+    }
+
     /// The names in `/`, in listing order.
     fn names(&self) -> Vec<String> {
         let mut names = Vec::new();
@@ -246,14 +260,7 @@ impl<D: BlockDevice> Scheme for DiskScheme<D> {
         _fcntl_flags: u32,
         ctx: &CallerCtx,
     ) -> Result<usize> {
-        let h = self.handles.get(id)?;
-        if h.target == Target::Root {
-            return Err(Error::new(EISDIR));
-        }
-        if !h.read {
-            return Err(Error::new(EBADF));
-        }
-        let (disk, base, size) = self.extent(h.target)?;
+        let (disk, base, size) = self.data_extent(id, false)?;
         if buf.is_empty() || offset >= size {
             return Ok(0);
         }
@@ -272,14 +279,7 @@ impl<D: BlockDevice> Scheme for DiskScheme<D> {
         _fcntl_flags: u32,
         ctx: &CallerCtx,
     ) -> Result<usize> {
-        let h = self.handles.get(id)?;
-        if h.target == Target::Root {
-            return Err(Error::new(EISDIR));
-        }
-        if !h.write {
-            return Err(Error::new(EBADF));
-        }
-        let (disk, base, size) = self.extent(h.target)?;
+        let (disk, base, size) = self.data_extent(id, true)?;
         if buf.is_empty() {
             return Ok(0);
         }

@@ -95,14 +95,7 @@ impl MmioRegion {
     /// Maps `len` bytes of `fd` at `offset`, read-write and shared (what a
     /// VFIO region mmap needs).
     pub(crate) fn map_shared(fd: impl AsFd, offset: u64, len: usize) -> io::Result<MmioRegion> {
-        if len == 0 {
-            return Err(err(
-                io::ErrorKind::InvalidInput,
-                "cannot map an empty region",
-            ));
-        }
-        let map_len = page_round_up(len)
-            .ok_or_else(|| err(io::ErrorKind::InvalidInput, "region too large"))?;
+        let map_len = Self::map_len(len)?;
         // SAFETY: a fresh mapping at an address of the kernel's choosing
         // (null hint), so no existing memory is affected.
         let ptr = unsafe {
@@ -119,17 +112,21 @@ impl MmioRegion {
         Self::from_mapping(ptr, len, map_len)
     }
 
-    /// An MMIO window backed by ordinary zeroed memory instead of a device,
-    /// so register-level code can be unit-tested on the host.
-    pub fn anonymous(len: usize) -> io::Result<MmioRegion> {
+    /// The whole pages a window of `len` bytes needs (never 0).
+    fn map_len(len: usize) -> io::Result<usize> {
         if len == 0 {
             return Err(err(
                 io::ErrorKind::InvalidInput,
                 "cannot map an empty region",
             ));
         }
-        let map_len = page_round_up(len)
-            .ok_or_else(|| err(io::ErrorKind::InvalidInput, "region too large"))?;
+        page_round_up(len).ok_or_else(|| err(io::ErrorKind::InvalidInput, "region too large"))
+    }
+
+    /// An MMIO window backed by ordinary zeroed memory instead of a device,
+    /// so register-level code can be unit-tested on the host.
+    pub fn anonymous(len: usize) -> io::Result<MmioRegion> {
+        let map_len = Self::map_len(len)?;
         // SAFETY: a fresh private anonymous mapping; nothing else is touched.
         let ptr = unsafe {
             rustix::mm::mmap_anonymous(

@@ -1,5 +1,5 @@
 //! nulld: serves `/scheme/null` (see the library for the semantics).
 
 fn main() -> std::process::ExitCode {
-    scheme::run_daemon("null", scheme::RootKind::File, nulld::NullScheme::new())
+    scheme::run_daemon("null", scheme::RootKind::File, nulld::SinkScheme::null())
 }

@@ -4,13 +4,13 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 
-use nulld::NullScheme;
+use nulld::SinkScheme;
 use scheme::testing::TestMount;
 use scheme::RootKind;
 
 #[test]
 fn reads_eof_and_swallows_writes() {
-    let m = TestMount::new(RootKind::File, NullScheme::new()).expect("mount");
+    let m = TestMount::new(RootKind::File, SinkScheme::null()).expect("mount");
     let mut f = OpenOptions::new()
         .read(true)
         .write(true)

@@ -1,5 +1,6 @@
-//! zerod: serves `/scheme/zero` (see the library for the semantics).
+//! zerod: serves `/scheme/zero` (the scheme lives in `nulld`'s library,
+//! shared with `/scheme/null`).
 
 fn main() -> std::process::ExitCode {
-    scheme::run_daemon("zero", scheme::RootKind::File, zerod::ZeroScheme::new())
+    scheme::run_daemon("zero", scheme::RootKind::File, nulld::SinkScheme::zero())
 }

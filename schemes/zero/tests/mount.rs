@@ -3,13 +3,13 @@
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
 
+use nulld::SinkScheme;
 use scheme::testing::TestMount;
 use scheme::RootKind;
-use zerod::ZeroScheme;
 
 #[test]
 fn one_64_mib_read_is_all_zeros() {
-    let m = TestMount::new(RootKind::File, ZeroScheme::new()).expect("mount");
+    let m = TestMount::new(RootKind::File, SinkScheme::zero()).expect("mount");
     let mut f = OpenOptions::new()
         .read(true)
         .write(true)

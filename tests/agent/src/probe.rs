@@ -109,20 +109,7 @@ fn run(args: &[String]) -> Result<String, Errno> {
         ["ioctl", path, cmd] => {
             let cmd = parse_num(cmd).ok_or(Errno::INVAL)?;
             let fd = open_path(path, OFlags::RDWR)?;
-            // SAFETY: the command is arbitrary by design (the tests send
-            // garbage on purpose); the argument points at a zeroed 16 KiB
-            // buffer, larger than the biggest size (16383) an _IOC encoding
-            // can name for restricted FUSE ioctls, so nothing is written past it.
-            let mut buf = vec![0u8; 16384];
-            let r = unsafe {
-                rustix::ioctl::ioctl(
-                    &fd,
-                    RawIoctl {
-                        cmd: cmd as u32,
-                        arg: buf.as_mut_ptr(),
-                    },
-                )
-            }?;
+            let (r, _) = raw_ioctl(&fd, cmd)?;
             Ok(format!("ok {r}"))
         }
         ["pread", path, offset, count] => {
@@ -164,18 +151,7 @@ fn run(args: &[String]) -> Result<String, Errno> {
         ["ioctl-u64", path, cmd] => {
             let cmd = parse_num(cmd).ok_or(Errno::INVAL)?;
             let fd = open_path(path, OFlags::RDONLY)?;
-            let mut buf = vec![0u8; 16384];
-            // SAFETY: as for `ioctl` above: a 16 KiB buffer outlasts any
-            // size a restricted FUSE ioctl can name.
-            let r = unsafe {
-                rustix::ioctl::ioctl(
-                    &fd,
-                    RawIoctl {
-                        cmd: cmd as u32,
-                        arg: buf.as_mut_ptr(),
-                    },
-                )
-            }?;
+            let (r, buf) = raw_ioctl(&fd, cmd)?;
             let mut v = [0u8; 8];
             v.copy_from_slice(&buf[..8]);
             Ok(format!("ok {r} {}", u64::from_ne_bytes(v)))
@@ -209,6 +185,26 @@ fn from_hex(text: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
         .collect()
+}
+
+/// Calls ioctl `cmd` on `fd` with a zeroed buffer as the argument; returns
+/// the call's value and the buffer as the call left it.
+fn raw_ioctl(fd: &OwnedFd, cmd: u64) -> Result<(i32, Vec<u8>), Errno> {
+    let mut buf = vec![0u8; 16384];
+    // SAFETY: the command is arbitrary by design (the tests send garbage on
+    // purpose); the argument points at a zeroed 16 KiB buffer, larger than
+    // the biggest size (16383) an _IOC encoding can name for restricted FUSE
+    // ioctls, so nothing is written past it.
+    let r = unsafe {
+        rustix::ioctl::ioctl(
+            fd,
+            RawIoctl {
+                cmd: cmd as u32,
+                arg: buf.as_mut_ptr(),
+            },
+        )
+    }?;
+    Ok((r, buf))
 }
 
 /// An ioctl whose command comes from the command line.
