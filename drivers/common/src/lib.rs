@@ -15,6 +15,7 @@ pub mod barrier;
 pub mod dma;
 pub mod event;
 pub mod io;
+pub mod port;
 pub mod irq;
 pub mod sandbox;
 pub mod vfio;

@@ -75,6 +75,29 @@ pub fn virtio_blk_args(id: &str, file: &Path, addr: &str) -> Vec<String> {
     ]
 }
 
+/// QEMU arguments for an e1000 (82540EM) NIC on back end `netdev` at slot
+/// `addr` with MAC `mac`. QEMU's e1000 DMAs through the vIOMMU like any
+/// emulated PCI device, so nothing more is needed.
+pub fn e1000_args(id: &str, netdev: &str, addr: &str, mac: &str) -> Vec<String> {
+    vec![
+        "-device".to_owned(),
+        format!("e1000,netdev={netdev},id={id},addr={addr},mac={mac}"),
+    ]
+}
+
+/// QEMU arguments for a virtio-net NIC on back end `netdev` at slot `addr`
+/// with MAC `mac`, modern-only and behind the IOMMU (see
+/// [`virtio_blk_args`] for why both options are needed).
+pub fn virtio_net_args(id: &str, netdev: &str, addr: &str, mac: &str) -> Vec<String> {
+    vec![
+        "-device".to_owned(),
+        format!(
+            "virtio-net-pci,netdev={netdev},id={id},addr={addr},mac={mac},\
+             disable-legacy=on,iommu_platform=on"
+        ),
+    ]
+}
+
 /// Kernel command line; `extra` words are appended.
 pub fn kernel_cmdline(extra: &[String]) -> String {
     let mut words = vec![

@@ -1,0 +1,1 @@
+//! The network.* scheme shared by every NIC driver (skeleton; being written).

@@ -1,0 +1,3 @@
+//! CMOS real-time clock driver: /scheme/time (skeleton; being written).
+
+fn main() {}

@@ -1,0 +1,3 @@
+//! Frame traffic tool (skeleton; being written).
+
+fn main() {}
