@@ -1,4 +1,5 @@
-//! `make run`: boots the image with the default device set and the console
+//! `make run`: boots the image with the default device set (a virtio-blk
+//! disk, an e1000 and a virtio-net NIC, two empty root ports) and the console
 //! (multiplexed with QEMU's monitor: Ctrl-A c) on this terminal.
 //!
 //! Environment: `DISK` (raw image used as the first virtio-blk disk; default
@@ -46,6 +47,15 @@ fn main() {
     ]);
     // The first disk, served by virtio-blkd as /scheme/disk.pci-0000-00-04.0_virtio_blk.
     args.extend(lab::virtio_blk_args("disk0", &disk, "04.0"));
+    // Two NICs, each on its own QEMU user network (DHCP server and gateway
+    // at 10.0.2.2; `restrict=on` keeps the host itself unreachable):
+    // e1000d serves /scheme/network.pci-0000-00-05.0_e1000 and virtio-netd
+    // /scheme/network.pci-0000-00-06.0_virtio_net.
+    for netdev in ["net0", "net1"] {
+        args.extend(["-netdev".into(), format!("user,id={netdev},restrict=on")]);
+    }
+    args.extend(lab::e1000_args("nic0", "net0", "05.0", "52:54:00:12:34:05"));
+    args.extend(lab::virtio_net_args("nic1", "net1", "06.0", "52:54:00:12:34:06"));
     if let Ok(extra) = std::env::var("QEMU_ARGS") {
         args.extend(extra.split_whitespace().map(str::to_owned));
     }
