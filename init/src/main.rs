@@ -188,13 +188,32 @@ fn reap(services: &mut Services, shell: &mut Option<Pid>) {
     }
 }
 
+/// Stops the services in reverse start order and turns the machine off.
+/// Power-off and reboot go through acpid (`/scheme/acpi/power`: ACPI S5,
+/// or the FADT reset register), so acpid is the one service not stopped;
+/// reboot(2) is the fallback, and halt's only way.
 fn shutdown(services: &mut Services, action: Power) -> ! {
     say(&format!("{action:?}: stopping services"));
-    services.stop_all(Duration::from_secs(5));
-    // Whatever is left (shell, user programs) gets the same treatment.
-    // kill(-1) reaches every process but init itself.
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), NixSignal::SIGTERM);
+    let word = match action {
+        Power::Off => Some("poweroff"),
+        Power::Reboot => Some("reboot"),
+        Power::Halt => None,
+    };
+    let keep = word.and_then(|_| services.scheme_owner("acpi"));
+    services.stop_all(Duration::from_secs(5), keep);
+    // Whatever is left (shell, user programs) gets SIGTERM too.
+    system::terminate_others(keep);
     say("services stopped, syncing");
+    rustix::fs::sync();
+    if let Some(word) = word {
+        say(&format!("writing {word} to {}", system::ACPI_POWER));
+        let why = system::acpi_power(word, Duration::from_secs(5));
+        say(&format!(
+            "{word} through {} failed ({why}); falling back to reboot(2)",
+            system::ACPI_POWER
+        ));
+    }
+    say(&format!("calling reboot(2) for {action:?}"));
     let err = system::power(action);
     say(&format!("reboot(2) failed: {err}"));
     loop {

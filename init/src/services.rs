@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::ops::RangeInclusive;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -47,6 +48,9 @@ pub struct Service {
     /// Capability fds an enumerator passed for this instance; handed to the
     /// child as fds 4, 5, … and closed in init once it is started.
     passed: Vec<OwnedFd>,
+    /// When it was last started (a counter), so shutdown can stop services
+    /// in reverse start order whatever their place in the table.
+    started: u64,
 }
 
 /// epoll tokens: service index * 2 + channel; the signalfd uses `SIGNAL_TOKEN`.
@@ -63,6 +67,8 @@ pub struct Services {
     owners: HashMap<String, usize>,
     /// Template units by name, instantiated on an enumerator's request.
     templates: HashMap<String, Unit>,
+    /// Start counter for `Service::started`.
+    starts: u64,
 }
 
 /// Environment every service starts with (plus its unit's `env`).
@@ -81,6 +87,7 @@ impl Service {
             ids: (0, 0),
             stopping: false,
             passed: Vec::new(),
+            started: 0,
         }
     }
 }
@@ -96,12 +103,14 @@ impl Services {
             scheme_root: scheme_root.to_owned(),
             owners: HashMap::new(),
             templates: templates.into_iter().map(|u| (u.name.clone(), u)).collect(),
+            starts: 0,
         }
     }
 
     /// An enumerator's request to start one instance of a template unit
-    /// with the capability fds it passed. The instance goes into the table
-    /// like any service (dependencies, readiness, output, exit reports).
+    /// with the capability fds it passed and the I/O ports it grants. The
+    /// instance goes into the table like any service (dependencies,
+    /// readiness, output, exit reports).
     fn spawn_instance(
         &mut self,
         requester: usize,
@@ -109,6 +118,7 @@ impl Services {
         instance: &str,
         args: &[String],
         fds: Vec<OwnedFd>,
+        ioports: &[RangeInclusive<u16>],
     ) -> Result<(), (i32, String)> {
         let who = self.list[requester].unit.base_name().to_owned();
         let Some(t) = self.templates.get(template) else {
@@ -123,7 +133,7 @@ impl Services {
                 format!("{who} may not start instances of {template}"),
             ));
         }
-        let unit = t.instantiate(instance, args);
+        let unit = t.instantiate(instance, args, ioports);
         let mut svc = Service::new(unit);
         svc.passed = fds;
         let i = match self.list.iter().position(|s| s.unit.name == svc.unit.name) {
@@ -265,6 +275,8 @@ impl Services {
             .collect::<Result<_, _>>()?;
         let passed_raw: Vec<i32> = passed.iter().map(|fd| fd.as_raw_fd()).collect();
         let memlock = unit.memlock_bytes;
+        let ioports = unit.ioport_ranges.clone();
+        let no_caps = unit.no_capabilities;
         let (ours, theirs) = socketpair(
             AddressFamily::UNIX,
             SocketType::SEQPACKET,
@@ -291,14 +303,18 @@ impl Services {
                 let list: Vec<String> = (0..passed.len()).map(|k| (4 + k).to_string()).collect();
                 (daemon::PASSED_FDS_ENV, list.join(" "))
             }))
+            .envs(
+                (!ioports.is_empty())
+                    .then(|| (daemon::IOPORTS_ENV, common::port::format_grant(&ioports))),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::from(out_w.try_clone()?))
             .stderr(Stdio::from(out_w));
         let control_raw = theirs.as_raw_fd();
         // SAFETY: the closure runs in the forked child before exec and only
         // makes async-signal-safe system calls (sigprocmask, setsid,
-        // dup2/fcntl, setrlimit, setgroups/setresgid/setresuid, prctl); it
-        // allocates nothing and touches no locks.
+        // dup2/fcntl, setrlimit, ioperm, setgroups/setresgid/setresuid,
+        // prctl, capset); it allocates nothing and touches no locks.
         unsafe {
             cmd.pre_exec(move || {
                 crate::system::unblock_signals()?;
@@ -337,6 +353,22 @@ impl Services {
                         },
                     )?;
                 }
+                // Port I/O rights need CAP_SYS_RAWIO, so they are granted
+                // now; the bitmap survives the uid change and exec.
+                for r in &ioports {
+                    let first = libc::c_ulong::from(*r.start());
+                    let count = libc::c_ulong::from(*r.end()) - first + 1;
+                    // SAFETY: ioperm only changes this (child) thread's I/O
+                    // permission bitmap; the arguments are plain integers.
+                    if libc::ioperm(first, count, 1) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                // Emptying the bounding set needs CAP_SETPCAP: before the
+                // ids change. Nothing exec'd later can regain a capability.
+                if no_caps {
+                    crate::system::drop_bounding_set()?;
+                }
                 if let Some((uid, gid)) = ids {
                     // One thread after fork, so the per-thread calls cover
                     // the whole process. Leaving uid 0 clears every capability.
@@ -345,6 +377,10 @@ impl Services {
                     rustix::thread::set_thread_res_gid(gid, gid, gid)?;
                     let uid = rustix::process::Uid::from_raw(uid);
                     rustix::thread::set_thread_res_uid(uid, uid, uid)?;
+                }
+                if no_caps {
+                    // Root keeps its uid (for file access) but no capability.
+                    crate::system::drop_capabilities()?;
                 }
                 // No service can gain privileges through exec (setuid files).
                 rustix::thread::set_no_new_privs(true)?;
@@ -372,11 +408,13 @@ impl Services {
             epoll::EventData::new_u64(base + OUTPUT),
             epoll::EventFlags::IN,
         )?;
+        self.starts += 1;
         let svc = &mut self.list[i];
         svc.control = Some(ours);
         svc.output = Some(out_r);
         svc.ids = ids.unwrap_or((0, 0));
         svc.stopping = false;
+        svc.started = self.starts;
         say(&format!(
             "started {} (pid {}): {}",
             unit.name,
@@ -455,14 +493,16 @@ impl Services {
                     unit,
                     instance,
                     args,
+                    ioports,
                 }) => {
-                    let reply = match self.spawn_instance(i, &unit, &instance, &args, passed) {
-                        Ok(()) => Reply::Ok,
-                        Err((errno, why)) => {
-                            say(&format!("{name}: cannot start {unit}@{instance}: {why}"));
-                            Reply::Err(errno, why)
-                        }
-                    };
+                    let reply =
+                        match self.spawn_instance(i, &unit, &instance, &args, passed, &ioports) {
+                            Ok(()) => Reply::Ok,
+                            Err((errno, why)) => {
+                                say(&format!("{name}: cannot start {unit}@{instance}: {why}"));
+                                Reply::Err(errno, why)
+                            }
+                        };
                     if let Some(control) = self.list[i].control.as_ref() {
                         if let Err(e) = daemon::send_with_fd(control.as_fd(), &reply.encode(), None)
                         {
@@ -622,13 +662,36 @@ impl Services {
         true
     }
 
+    /// The running service that registered `scheme`, by pid.
+    pub fn scheme_owner(&self, scheme: &str) -> Option<Pid> {
+        self.owners.get(scheme).and_then(|&i| self.list[i].pid)
+    }
+
+    /// Running services, most recently started first: the order to stop
+    /// them in, so each goes before what it was started after.
+    fn stop_order(&self) -> Vec<usize> {
+        let mut running: Vec<usize> = (0..self.list.len())
+            .filter(|&i| self.list[i].pid.is_some())
+            .collect();
+        running.sort_by_key(|&i| std::cmp::Reverse(self.list[i].started));
+        running
+    }
+
     /// Stops running services in reverse start order, each with SIGTERM and
-    /// then SIGKILL if it has not exited within `grace`.
-    pub fn stop_all(&mut self, grace: Duration) {
-        for i in (0..self.list.len()).rev() {
+    /// then SIGKILL if it has not exited within `grace`; `keep` (acpid, which
+    /// powers the machine off afterwards) is left running.
+    pub fn stop_all(&mut self, grace: Duration, keep: Option<Pid>) {
+        for i in self.stop_order() {
             let Some(pid) = self.list[i].pid else {
                 continue;
             };
+            if Some(pid) == keep {
+                say(&format!(
+                    "keeping {} for the power-off",
+                    self.list[i].unit.name
+                ));
+                continue;
+            }
             self.list[i].stopping = true;
             let name = self.list[i].unit.name.clone();
             say(&format!("stopping {name}"));
@@ -698,5 +761,145 @@ pub fn describe(status: rustix::process::WaitStatus) -> String {
         format!("killed by signal {sig}{name}")
     } else {
         "stopped".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(name: &str, text: &str) -> Unit {
+        Unit::parse(name, text).unwrap()
+    }
+
+    fn services(units: Vec<Unit>) -> Services {
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).unwrap();
+        Services::new(units, epoll, &std::env::temp_dir())
+    }
+
+    fn table() -> Services {
+        let mut s = services(vec![
+            unit("pcid", "command = \"/bin/pcid\"\ntype = \"notify\"\n"),
+            unit("acpid", "command = \"/bin/acpid\"\ntype = \"notify\"\n"),
+            unit(
+                "rtcd",
+                "command = \"/nonexistent/rtcd\"\ntype = \"notify\"\ntemplate = true\n\
+                 spawned_by = [\"acpid\"]\n",
+            ),
+        ]);
+        // As if started: nothing else may be spawned by the tests.
+        for svc in &mut s.list {
+            svc.state = State::Ready;
+        }
+        s
+    }
+
+    /// A port grant is asked for over the real control channel, as a
+    /// daemon does; init refuses a requester not in `spawned_by` exactly
+    /// as it refuses a plain `spawn`, and starts nothing.
+    #[test]
+    fn a_port_grant_from_a_stranger_is_refused() {
+        let mut s = table();
+        let (init_end, daemon_end) = socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )
+        .unwrap();
+        rustix::io::ioctl_fionbio(&daemon_end, false).unwrap();
+        s.list[0].control = Some(init_end); // pcid asks for rtcd
+        let asker = std::thread::spawn(move || {
+            let d = daemon::Daemon::from_fd(daemon_end);
+            d.spawn_with_ioports("rtcd", "acpi-PNP0B00-0", &[], &[], &[0x70..=0x71])
+        });
+        let readable = {
+            let fd = s.list[0].control.as_ref().unwrap();
+            let mut fds = [PollFd::new(fd, PollFlags::IN)];
+            rustix::event::poll(
+                &mut fds,
+                Some(&rustix::event::Timespec {
+                    tv_sec: 10,
+                    tv_nsec: 0,
+                }),
+            )
+            .unwrap()
+        };
+        assert_eq!(readable, 1, "no request arrived");
+        s.on_control(0);
+        let e = asker.join().unwrap().unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}");
+        assert!(
+            e.to_string()
+                .contains("pcid may not start instances of rtcd"),
+            "{e}"
+        );
+        assert_eq!(s.list.len(), 2, "nothing may be added to the table");
+        // The plain spawn is refused the same way (same check).
+        let plain = s.spawn_instance(0, "rtcd", "acpi-PNP0B00-0", &[], Vec::new(), &[]);
+        assert_eq!(plain.unwrap_err().0, libc_errno(rustix::io::Errno::ACCESS));
+    }
+
+    #[test]
+    fn the_grant_reaches_the_instance_of_an_allowed_requester() {
+        let mut s = table();
+        // acpid may ask; the command does not exist, so the start itself
+        // fails, after the grant was attached to the instance.
+        let r = s.spawn_instance(1, "rtcd", "acpi-PNP0B00-0", &[], Vec::new(), &[0x70..=0x71]);
+        assert_ne!(r.unwrap_err().0, libc_errno(rustix::io::Errno::ACCESS));
+        let inst = s
+            .list
+            .iter()
+            .find(|x| x.unit.name == "rtcd@acpi-PNP0B00-0")
+            .expect("the instance is in the table");
+        assert_eq!(inst.unit.ioport_ranges, [0x70..=0x71]);
+        assert!(matches!(inst.state, State::Failed(_)));
+    }
+
+    #[test]
+    fn services_stop_in_reverse_start_order() {
+        let mut s = table();
+        // Table order is not start order: an instance replaced in place, or
+        // a unit that waited for a slower dependency, starts later than
+        // units after it in the table.
+        for (i, started) in [(0, 2), (1, 3)] {
+            s.list[i].pid = Some(Pid::from_raw(1000 + i as i32).unwrap());
+            s.list[i].started = started;
+        }
+        s.list
+            .push(Service::new(s.templates["rtcd"].instantiate("x", &[], &[])));
+        s.list[2].pid = Some(Pid::from_raw(1002).unwrap());
+        s.list[2].started = 1;
+        s.list.push(Service::new(unit(
+            "idle",
+            "command = \"/x\"\ntype = \"simple\"\n",
+        )));
+        assert_eq!(
+            s.stop_order(),
+            [1, 0, 2],
+            "not-running services are skipped"
+        );
+    }
+
+    #[test]
+    fn stop_all_keeps_the_power_service() {
+        let mut s = table();
+        let mut children = Vec::new();
+        for (i, started) in [(0, 1), (1, 2)] {
+            let child = Command::new("sleep").arg("30").spawn().unwrap();
+            s.list[i].pid = Some(Pid::from_child(&child));
+            s.list[i].started = started;
+            s.list[i].state = State::Ready;
+            children.push(child);
+        }
+        let keep = s.list[1].pid;
+        s.stop_all(Duration::from_secs(5), keep);
+        assert_eq!(s.list[0].pid, None, "pcid was stopped and reaped");
+        assert_eq!(s.list[0].state, State::Exited);
+        assert_eq!(s.list[1].pid, keep, "acpid was kept");
+        let mut kept = children.pop().unwrap();
+        assert!(kept.try_wait().unwrap().is_none(), "acpid is still running");
+        kept.kill().unwrap();
+        kept.wait().unwrap();
     }
 }

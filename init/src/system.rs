@@ -140,6 +140,119 @@ pub fn unblock_signals() -> std::io::Result<()> {
         .map_err(std::io::Error::from)
 }
 
+/// Empties the capability bounding set, so nothing this process executes
+/// can gain a capability, even as uid 0. Needs CAP_SETPCAP, so it runs
+/// before the ids change. Makes only prctl calls: safe between fork and
+/// exec.
+pub fn drop_bounding_set() -> std::io::Result<()> {
+    use rustix::thread::{remove_capability_from_bounding_set, CapabilitySet};
+    for cap in 0..64 {
+        // The kernel answers EINVAL past its last capability.
+        match remove_capability_from_bounding_set(CapabilitySet::from_bits_retain(1 << cap)) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::INVAL) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Clears the ambient, permitted, effective and inheritable capability
+/// sets of the calling thread (the only one, in a child before exec).
+pub fn drop_capabilities() -> std::io::Result<()> {
+    use rustix::thread::{CapabilitySet, CapabilitySets};
+    rustix::thread::clear_ambient_capability_set()?;
+    rustix::thread::set_capabilities(
+        None,
+        CapabilitySets {
+            effective: CapabilitySet::empty(),
+            permitted: CapabilitySet::empty(),
+            inheritable: CapabilitySet::empty(),
+        },
+    )?;
+    Ok(())
+}
+
+/// Sends SIGTERM to every process except init itself and `keep`: what is
+/// left after the services (the shell, user programs).
+pub fn terminate_others(keep: Option<rustix::process::Pid>) {
+    let keep = keep.map(|p| p.as_raw_nonzero().get());
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in dir.filter_map(Result::ok) {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid <= 1 || Some(pid) == keep {
+            continue;
+        }
+        // Kernel threads ignore it; a process gone meanwhile is fine.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+}
+
+/// Where acpid takes power requests.
+pub const ACPI_POWER: &str = "/scheme/acpi/power";
+
+/// Asks acpid to power off (`poweroff`) or reset (`reboot`) the machine
+/// the way the firmware describes, and waits. Returns only if that did not
+/// work within `timeout`: the error says why (no acpid, refused, no answer,
+/// or the machine simply kept running).
+pub fn acpi_power(word: &str, timeout: std::time::Duration) -> io::Error {
+    request_power(Path::new(ACPI_POWER), word, timeout)
+}
+
+fn request_power(path: &Path, word: &str, timeout: std::time::Duration) -> io::Error {
+    use std::io::Write;
+    let deadline = std::time::Instant::now() + timeout;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let line = format!("{word}\n");
+    let target = path.to_owned();
+    // A thread, so a wedged acpid cannot hang PID 1: the fallback below
+    // runs whatever happens to the write.
+    let spawned = std::thread::Builder::new()
+        .name("acpi-power".into())
+        .spawn(move || {
+            let r = fs::OpenOptions::new()
+                .write(true)
+                .open(&target)
+                .and_then(|mut f| f.write_all(line.as_bytes()));
+            let _ = tx.send(r);
+        });
+    if let Err(e) = spawned {
+        return e;
+    }
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    match rx.recv_timeout(left) {
+        Ok(Err(e)) => return io::Error::new(e.kind(), format!("{}: {e}", path.display())),
+        Ok(Ok(())) => {}
+        Err(_) => {
+            return io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "{} did not answer in {} s",
+                    path.display(),
+                    timeout.as_secs()
+                ),
+            )
+        }
+    }
+    // The write was taken; the machine should be gone before this ends.
+    std::thread::sleep(deadline.saturating_duration_since(std::time::Instant::now()));
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("still running {} s after the request", timeout.as_secs()),
+    )
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Power {
     Off,
@@ -147,7 +260,8 @@ pub enum Power {
     Halt,
 }
 
-/// Final step of shutdown: flush and tell the kernel. Only returns on error.
+/// Last resort of shutdown (and the only step for halt): flush and tell
+/// the kernel. Only returns on error.
 pub fn power(action: Power) -> io::Error {
     rustix::fs::sync();
     let cmd = match action {
@@ -173,6 +287,51 @@ mod tests {
         assert_eq!(cmdline_value(c, "lab.agent"), Some("ttyS1"));
         assert_eq!(cmdline_value(c, "quiet"), None);
         assert_eq!(console_device("quiet"), "/dev/console");
+    }
+
+    #[test]
+    fn power_requests_fall_back_on_every_failure() {
+        use std::time::{Duration, Instant};
+        let dir = std::env::temp_dir().join(format!("init-power-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let t = Duration::from_millis(300);
+
+        // No acpid: at once.
+        let start = Instant::now();
+        let e = request_power(&dir.join("missing"), "poweroff", t);
+        assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
+        assert!(start.elapsed() < t);
+
+        // Taken, but the machine is still up when the time is over.
+        let file = dir.join("power");
+        fs::write(&file, "").unwrap();
+        let start = Instant::now();
+        let e = request_power(&file, "reboot", t);
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(e.to_string().contains("still running"), "{e}");
+        assert!(start.elapsed() >= t);
+        assert_eq!(fs::read_to_string(&file).unwrap(), "reboot\n");
+
+        // A server that never answers (a FIFO nobody reads blocks the open)
+        // cannot hold the caller past the timeout.
+        let fifo = dir.join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let start = Instant::now();
+        let e = request_power(&fifo, "poweroff", t);
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(e.to_string().contains("did not answer"), "{e}");
+        assert!(start.elapsed() < t * 3);
+        // Unblock the helper thread so it ends.
+        let _ = fs::File::open(&fifo);
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -1,7 +1,16 @@
 //! Service units: `/etc/init.d/*.toml`, one service per file, named after it.
+//!
+//! Keys (each documented on [`Unit`]; `docs/architecture.md` has the table):
+//! `description`, `command`, `args`, `env`, `type`, `user`, `schemes`,
+//! `requires`, `condition_cmdline`, `ready_timeout`, `memlock`, `template`,
+//! `spawned_by`, `ioports` (I/O ports granted with `ioperm` before the
+//! privileges are dropped, passed on in `INIT_IOPORTS`) and
+//! `no_capabilities` (keep the uid, drop every capability). Unknown keys
+//! are errors.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
+use std::ops::RangeInclusive;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -66,6 +75,18 @@ pub struct Unit {
     pub memlock: Option<String>,
     #[serde(skip)]
     pub memlock_bytes: Option<u64>,
+    /// I/O ports granted with `ioperm` before privileges are dropped:
+    /// `["0x600-0x67f", "0xcf9"]` (hex, inclusive ranges or single ports).
+    /// The service finds the grant in `INIT_IOPORTS`.
+    #[serde(default)]
+    pub ioports: Vec<String>,
+    /// `ioports` parsed, plus what an enumerator granted an instance.
+    #[serde(skip)]
+    pub ioport_ranges: Vec<RangeInclusive<u16>>,
+    /// Keep the uid (root, for acpid) but drop every capability: bounding,
+    /// permitted, effective, inheritable and ambient sets.
+    #[serde(default)]
+    pub no_capabilities: bool,
 }
 
 fn default_ready_timeout() -> u64 {
@@ -81,6 +102,12 @@ impl Unit {
             unit.memlock_bytes =
                 Some(parse_size(m).ok_or_else(|| format!("bad memlock size {m:?}"))?);
         }
+        unit.ioport_ranges = unit
+            .ioports
+            .iter()
+            .map(|r| common::port::parse_range(r))
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("bad ioports: {e}"))?;
         if !unit.template && !unit.spawned_by.is_empty() {
             return Err("spawned_by is only for template units".to_owned());
         }
@@ -95,9 +122,16 @@ impl Unit {
     }
 
     /// The concrete unit for one instance of this template: named
-    /// `NAME@INSTANCE`, `{instance}` substituted, `extra_args` appended.
-    pub fn instantiate(&self, instance: &str, extra_args: &[String]) -> Unit {
+    /// `NAME@INSTANCE`, `{instance}` substituted, `extra_args` appended,
+    /// `extra_ioports` added to the template's own port grant.
+    pub fn instantiate(
+        &self,
+        instance: &str,
+        extra_args: &[String],
+        extra_ioports: &[RangeInclusive<u16>],
+    ) -> Unit {
         let mut u = self.clone();
+        u.ioport_ranges.extend(extra_ioports.iter().cloned());
         u.name = format!("{}@{instance}", self.name);
         u.template = false;
         u.spawned_by.clear();
@@ -339,13 +373,14 @@ memlock = "64M"
         )
         .unwrap();
         assert_eq!(t.memlock_bytes, Some(64 << 20));
-        let u = t.instantiate("pci-0000-00-04.0", &["-v".to_owned()]);
+        let u = t.instantiate("pci-0000-00-04.0", &["-v".to_owned()], &[]);
         assert_eq!(u.name, "virtio-blkd@pci-0000-00-04.0");
         assert_eq!(u.base_name(), "virtio-blkd");
         assert!(!u.template);
         assert_eq!(u.args, ["--name", "pci-0000-00-04.0", "-v"]);
         assert!(u.allows_scheme("disk.pci-0000-00-04.0_virtio_blk"));
         assert!(!u.allows_scheme("disk.pci-0000-00-05.0_virtio_blk"));
+        assert!(u.ioport_ranges.is_empty());
         assert!(Unit::parse(
             "x",
             "command = \"/bin/x\"\ntype = \"notify\"\nspawned_by = [\"pcid\"]\n"
@@ -356,6 +391,43 @@ memlock = "64M"
             "command = \"/bin/x\"\ntype = \"notify\"\nmemlock = \"lots\"\n"
         )
         .is_err());
+    }
+
+    #[test]
+    fn port_grants_and_capabilities() {
+        let u = Unit::parse(
+            "acpid",
+            "command = \"/bin/acpid\"\ntype = \"notify\"\n\
+             ioports = [\"0x600-0x67f\", \"0xcf9\"]\nno_capabilities = true\n",
+        )
+        .unwrap();
+        assert_eq!(u.ioport_ranges, [0x600..=0x67f, 0xcf9..=0xcf9]);
+        assert!(u.no_capabilities);
+        let plain = unit("x", &[]);
+        assert!(plain.ioport_ranges.is_empty() && !plain.no_capabilities);
+        for bad in [
+            "\"0x70-\"",
+            "\"0x71-0x70\"",
+            "\"0x10000\"",
+            "\"rtc\"",
+            "0x70",
+        ] {
+            let e = Unit::parse(
+                "x",
+                &format!("command = \"/bin/x\"\ntype = \"notify\"\nioports = [{bad}]\n"),
+            );
+            assert!(e.is_err(), "{bad}");
+        }
+        // An instance gets the template's ports plus the enumerator's.
+        let t = Unit::parse(
+            "rtcd",
+            "command = \"/bin/rtcd\"\ntype = \"notify\"\ntemplate = true\n\
+             spawned_by = [\"acpid\"]\nioports = [\"0x80\"]\n",
+        )
+        .unwrap();
+        let i = t.instantiate("acpi-PNP0B00-0", &[], &[0x70..=0x71]);
+        assert_eq!(i.ioport_ranges, [0x80..=0x80, 0x70..=0x71]);
+        assert_eq!(t.ioport_ranges, [0x80..=0x80], "the template is unchanged");
     }
 
     #[test]

@@ -15,8 +15,8 @@ pub mod barrier;
 pub mod dma;
 pub mod event;
 pub mod io;
-pub mod port;
 pub mod irq;
+pub mod port;
 pub mod sandbox;
 pub mod vfio;
 

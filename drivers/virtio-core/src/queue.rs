@@ -82,6 +82,11 @@ impl VirtQueue {
         self.ring.pop_used()
     }
 
+    /// See [`SplitRing::set_interrupts`].
+    pub fn set_interrupts(&mut self, on: bool) {
+        self.ring.set_interrupts(on)
+    }
+
     pub fn free_count(&self) -> u16 {
         self.ring.free_count()
     }

@@ -16,7 +16,9 @@ use std::ptr::NonNull;
 
 use common::barrier::{mb, rmb, wmb};
 
-use crate::spec::ring::{DESC_F_NEXT, DESC_F_WRITE, MAX_SIZE, USED_F_NO_NOTIFY};
+use crate::spec::ring::{
+    AVAIL_F_NO_INTERRUPT, DESC_F_NEXT, DESC_F_WRITE, MAX_SIZE, USED_F_NO_NOTIFY,
+};
 
 /// Memory that holds one ring.
 ///
@@ -246,6 +248,18 @@ impl<M: RingMemory> SplitRing<M> {
         // could miss a device that just went to sleep.
         mb();
         self.r16(self.layout.used) & USED_F_NO_NOTIFY == 0
+    }
+
+    /// Asks the device to interrupt (`true`, the default) or not (`false`,
+    /// `VIRTQ_AVAIL_F_NO_INTERRUPT`) when it returns buffers on this queue.
+    /// Only a hint: the device may interrupt anyway. After turning
+    /// interrupts back on, look at the used ring once more: what the device
+    /// returned before it saw the flag raises no interrupt.
+    pub fn set_interrupts(&mut self, on: bool) {
+        self.w16(self.layout.avail, if on { 0 } else { AVAIL_F_NO_INTERRUPT });
+        // The flag store must be ordered before the caller's next load of
+        // used.idx, or a completion could be missed by both sides.
+        mb();
     }
 
     /// Takes one finished request off the used ring: its head token and the
@@ -636,6 +650,20 @@ mod tests {
         dev.complete(u32::from(a), 1);
         assert_eq!(r.pop_used(), Some((a, 1)));
         assert_eq!(r.free_count(), 4);
+    }
+
+    #[test]
+    fn interrupt_suppression_is_published() {
+        let mut r = ring(4);
+        let dev = SimDevice::new(&r);
+        assert!(dev.interrupts_wanted());
+        r.set_interrupts(false);
+        assert!(!dev.interrupts_wanted());
+        // Adding buffers leaves the flag alone.
+        r.add(&[(1, 1, false)]).unwrap();
+        assert!(!dev.interrupts_wanted());
+        r.set_interrupts(true);
+        assert!(dev.interrupts_wanted());
     }
 
     #[test]

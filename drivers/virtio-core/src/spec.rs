@@ -58,6 +58,8 @@ pub mod ring {
     pub const DESC_F_WRITE: u16 = 2;
     /// Used ring flag: the device asks not to be notified.
     pub const USED_F_NO_NOTIFY: u16 = 1;
+    /// Avail ring flag: the driver asks not to be interrupted (a hint).
+    pub const AVAIL_F_NO_INTERRUPT: u16 = 1;
     /// Largest queue size a split ring may have.
     pub const MAX_SIZE: u16 = 32768;
 }

@@ -6,7 +6,7 @@ use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ptr::NonNull;
 
 use crate::ring::{RingLayout, RingMemory, SplitRing};
-use crate::spec::ring::{DESC_F_NEXT, DESC_F_WRITE, USED_F_NO_NOTIFY};
+use crate::spec::ring::{AVAIL_F_NO_INTERRUPT, DESC_F_NEXT, DESC_F_WRITE, USED_F_NO_NOTIFY};
 
 /// Page-aligned heap memory standing in for DMA memory; its "IOVA" is a
 /// made-up constant so tests can tell addresses apart.
@@ -100,6 +100,12 @@ impl SimDevice {
     fn w32(&self, off: usize, v: u32) {
         // SAFETY: as in r16.
         unsafe { self.base.add(off).cast::<u32>().write_volatile(v) }
+    }
+
+    /// Whether the driver wants interrupts (`VIRTQ_AVAIL_F_NO_INTERRUPT`
+    /// clear).
+    pub fn interrupts_wanted(&self) -> bool {
+        self.r16(self.layout.avail) & AVAIL_F_NO_INTERRUPT == 0
     }
 
     pub fn avail_idx(&self) -> u16 {

@@ -8,6 +8,7 @@
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
+use std::ops::RangeInclusive;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use rustix::net::{
@@ -27,6 +28,18 @@ pub const CONTROL_FD_ENV: &str = "INIT_CONTROL_FD";
 /// Environment variable listing the fds passed through a `spawn` request,
 /// in order, space separated (`"4 5 6"`).
 pub const PASSED_FDS_ENV: &str = "INIT_PASSED_FDS";
+
+/// Environment variable listing the I/O ports init granted the process
+/// (`"600-67f cf9-cf9"`: inclusive hex ranges, space separated).
+pub use common::port::IOPORTS_ENV;
+
+/// The I/O ports init granted this process with `ioperm` (the unit's
+/// `ioports` plus any its enumerator asked for), from `INIT_IOPORTS`.
+/// Empty when none were granted; an error if the variable is malformed.
+/// The parser is `common::port`'s, shared with `PortGrant::from_env`.
+pub fn granted_ioports() -> io::Result<Vec<RangeInclusive<u16>>> {
+    common::port::granted_from_env()
+}
 
 /// Takes the capability fds init passed to this instance (from the
 /// enumerator's `spawn` request), in the order they were sent. Empty when
@@ -135,6 +148,27 @@ impl Daemon {
         args: &[&str],
         fds: &[BorrowedFd<'_>],
     ) -> io::Result<()> {
+        self.spawn_with_ioports(unit, instance, args, fds, &[])
+    }
+
+    /// Like [`Daemon::spawn`], and init also grants the instance the port
+    /// ranges `ioports` (inclusive) with `ioperm` before it drops the
+    /// instance's privileges; the instance finds them in `INIT_IOPORTS`.
+    /// Only an enumerator listed in the template's `spawned_by` may ask.
+    pub fn spawn_with_ioports(
+        &self,
+        unit: &str,
+        instance: &str,
+        args: &[&str],
+        fds: &[BorrowedFd<'_>],
+        ioports: &[RangeInclusive<u16>],
+    ) -> io::Result<()> {
+        if let Some(r) = ioports.iter().find(|r| r.start() > r.end()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("empty port range {r:?}"),
+            ));
+        }
         if fds.len() > proto::MAX_PASSED_FDS {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -145,8 +179,16 @@ impl Daemon {
             unit: unit.to_owned(),
             instance: instance.to_owned(),
             args: args.iter().map(|a| (*a).to_owned()).collect(),
+            ioports: ioports.to_vec(),
         };
-        send_with_fds(self.control.as_fd(), &req.encode(), fds)?;
+        let msg = req.encode();
+        if msg.len() > proto::MAX_MESSAGE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("spawn request for {unit}@{instance} is too long"),
+            ));
+        }
+        send_with_fds(self.control.as_fd(), &msg, fds)?;
         let (reply, _) = recv_with_fds(self.control.as_fd())?;
         match proto::Reply::decode(&reply) {
             Ok(proto::Reply::Ok) => Ok(()),

@@ -2,9 +2,13 @@
 //!
 //! daemon → init: `register NAME dir|file`, `ready`, and (from an
 //! enumerator such as pcid) `spawn UNIT INSTANCE [ARG…]` with the new
-//! driver's capability fds attached.
+//! driver's capability fds attached. An enumerator of platform devices
+//! (acpid) also grants I/O ports: `spawn-io UNIT INSTANCE PORTS [ARG…]`,
+//! PORTS being inclusive hex ranges joined by commas (`70-71,cf9-cf9`).
 //! init → daemon (only in answer to `register` and `spawn`): `ok` (with the
 //! FUSE fd attached, for `register`), or `err ERRNO MESSAGE`.
+
+use std::ops::RangeInclusive;
 
 /// Largest packet either side sends.
 pub const MAX_MESSAGE: usize = 512;
@@ -22,11 +26,14 @@ pub enum Request {
     Register(String, RootKind),
     Ready,
     /// Start instance `INSTANCE` of template unit `UNIT` with extra args;
-    /// the fds attached to the packet become fds 4, 5, … in the child.
+    /// the fds attached to the packet become fds 4, 5, … in the child, and
+    /// init grants it `ioports` (ioperm) before dropping its privileges.
+    /// Encoded as `spawn` when `ioports` is empty, `spawn-io` otherwise.
     Spawn {
         unit: String,
         instance: String,
         args: Vec<String>,
+        ioports: Vec<RangeInclusive<u16>>,
     },
 }
 
@@ -59,8 +66,14 @@ impl Request {
                 unit,
                 instance,
                 args,
+                ioports,
             } => {
-                let mut line = format!("spawn {unit} {instance}");
+                let mut line = if ioports.is_empty() {
+                    format!("spawn {unit} {instance}")
+                } else {
+                    let ports = common::port::format_grant(ioports).replace(' ', ",");
+                    format!("spawn-io {unit} {instance} {ports}")
+                };
                 for a in args {
                     line.push(' ');
                     line.push_str(a);
@@ -86,6 +99,25 @@ impl Request {
                     unit: (*unit).to_owned(),
                     instance: (*instance).to_owned(),
                     args: args.iter().map(|a| (*a).to_owned()).collect(),
+                    ioports: Vec::new(),
+                })
+            }
+            ["spawn-io", unit, instance, ports, args @ ..]
+                if valid_word(unit)
+                    && valid_word(instance)
+                    && valid_word(ports)
+                    && args.iter().all(|a| valid_word(a)) =>
+            {
+                let ioports = ports
+                    .split(',')
+                    .map(common::port::parse_range)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("bad port list in {text:?}: {e}"))?;
+                Ok(Request::Spawn {
+                    unit: (*unit).to_owned(),
+                    instance: (*instance).to_owned(),
+                    args: args.iter().map(|a| (*a).to_owned()).collect(),
+                    ioports,
                 })
             }
             _ => Err(format!("unknown request {text:?}")),
@@ -133,15 +165,53 @@ mod tests {
                 unit: "virtio-blkd".into(),
                 instance: "pci-0000-00-04.0".into(),
                 args: vec![],
+                ioports: vec![],
             },
             Request::Spawn {
                 unit: "e1000d".into(),
                 instance: "pci-0000-00-05.0".into(),
                 args: vec!["--verbose".into(), "x=1".into()],
+                ioports: vec![],
+            },
+            Request::Spawn {
+                unit: "rtcd".into(),
+                instance: "acpi-PNP0B00-0".into(),
+                args: vec![],
+                ioports: vec![0x70..=0x71],
+            },
+            Request::Spawn {
+                unit: "uartd".into(),
+                instance: "acpi-PNP0501-1".into(),
+                args: vec!["--mem".into(), "0xfed00000+0x400".into()],
+                ioports: vec![0x3f8..=0x3ff, 0x80..=0x80, 0..=0xffff],
             },
         ] {
             assert_eq!(Request::decode(&r.encode()), Ok(r));
         }
+    }
+
+    #[test]
+    fn port_grants_have_a_fixed_wire_form() {
+        let r = Request::Spawn {
+            unit: "rtcd".into(),
+            instance: "acpi-PNP0B00-0".into(),
+            args: vec!["-v".into()],
+            ioports: vec![0x70..=0x71, 0xcf9..=0xcf9],
+        };
+        assert_eq!(r.encode(), b"spawn-io rtcd acpi-PNP0B00-0 70-71,cf9-cf9 -v");
+        // Without ports the message is the plain `spawn` older init speaks.
+        let plain = Request::Spawn {
+            unit: "rtcd".into(),
+            instance: "acpi-PNP0B00-0".into(),
+            args: vec!["-v".into()],
+            ioports: vec![],
+        };
+        assert_eq!(plain.encode(), b"spawn rtcd acpi-PNP0B00-0 -v");
+        // `0x` and single ports are accepted on the wire too.
+        assert_eq!(
+            Request::decode(b"spawn-io rtcd acpi-PNP0B00-0 0x70-0x71,cf9 -v"),
+            Ok(r)
+        );
     }
 
     #[test]
@@ -160,6 +230,11 @@ mod tests {
         assert!(Request::decode(b"spawn unit").is_err());
         assert!(Request::decode(b"spawn unit  inst").is_err());
         assert!(Request::decode(b"spawn unit inst \x01").is_err());
+        assert!(Request::decode(b"spawn-io unit inst").is_err());
+        assert!(Request::decode(b"spawn-io unit inst 71-70").is_err());
+        assert!(Request::decode(b"spawn-io unit inst 70-71,,80").is_err());
+        assert!(Request::decode(b"spawn-io unit inst 10000").is_err());
+        assert!(Request::decode(b"spawn-io unit inst , x").is_err());
         assert!(Request::decode(&[0xff, 0xfe]).is_err());
         assert!(Reply::decode(b"err x y").is_err());
     }

@@ -99,6 +99,10 @@ pub fn virtio_net_args(id: &str, netdev: &str, addr: &str, mac: &str) -> Vec<Str
 }
 
 /// Kernel command line; `extra` words are appended.
+///
+/// `initcall_blacklist=cmos_init` keeps Linux's built-in `rtc_cmos` driver
+/// off: rtcd owns the CMOS clock, and two drivers sharing its index/data
+/// port pair would corrupt each other's accesses.
 pub fn kernel_cmdline(extra: &[String]) -> String {
     let mut words = vec![
         "console=ttyS0,115200".to_owned(),
@@ -106,6 +110,7 @@ pub fn kernel_cmdline(extra: &[String]) -> String {
         "iommu=pt".to_owned(),
         "panic=-1".to_owned(),
         "quiet".to_owned(),
+        "initcall_blacklist=cmos_init".to_owned(),
     ];
     words.extend(extra.iter().cloned());
     words.join(" ")

@@ -1,3 +1,381 @@
-//! CMOS real-time clock driver: /scheme/time (skeleton; being written).
+//! rtcd: the CMOS real-time clock (ACPI `PNP0B00`), served as `/scheme/time`.
+//!
+//! acpid finds the clock in the ACPI namespace and asks init to start
+//! `rtcd@acpi-PNP0B00-<uid>` with exactly the I/O ports of its `_CRS`
+//! (0x70-0x71 on q35), which init grants with `ioperm` before dropping to
+//! uid `rtcd`. rtcd reads the clock only through those ports: the first
+//! granted port is the index register, the next the data register. Before
+//! it locks itself down it reads the FADT (`/scheme/acpi/tables/FACP`) for
+//! the century register; if that fails it uses 0x32, the PC convention.
+//! Then it registers `/scheme/time`, enters the seccomp sandbox and serves:
+//!
+//! | file | content |
+//! | --- | --- |
+//! | `now` | `<unix seconds> <YYYY-MM-DDTHH:MM:SSZ>\n`: the clock as UTC |
+//! | `cmos` | the raw registers as read, one `name 0xNN` per line |
+//!
+//! Each open reads the chip once (waiting out an update cycle, reading
+//! twice until the values agree), so a file's content is consistent
+//! however it is read. The clock must hold UTC (QEMU's `-rtc base=utc`, the
+//! default); BCD or binary and 12 or 24 hour modes are all decoded. The
+//! clock is read-only here: writing it is not supported.
 
-fn main() {}
+use std::io;
+use std::process::ExitCode;
+
+use common::port::PortGrant;
+use log::{error, info, warn};
+use scheme::{CallerCtx, DirentBuf, DirentKind, Handles, OpenResult, Scheme, Server, Stat};
+use syscall::error::{Error, Result, EACCES, EIO, EISDIR, ENOENT, ENOTDIR};
+use syscall::flag::{MODE_DIR, MODE_FILE, O_ACCMODE, O_DIRECTORY, O_RDONLY, O_STAT};
+
+mod device;
+
+use device::{Clock, Cmos};
+
+/// Where acpid serves the FADT's raw bytes.
+const FADT_PATH: &str = "/scheme/acpi/tables/FACP";
+
+fn main() -> ExitCode {
+    daemon::init_logging();
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> io::Result<()> {
+    let daemon = daemon::Daemon::from_env()?;
+    common::sandbox::check_unprivileged()?;
+    check_args(std::env::args().skip(1))?;
+    let grant = PortGrant::from_env()?;
+    let mut cmos = Cmos::new(grant, century_register())?;
+    let (index, data) = cmos.ports();
+    match cmos.read().and_then(|raw| raw.decode()) {
+        Ok(t) => info!("CMOS clock at ports {index:#x}/{data:#x} reads {t}"),
+        // Served anyway: each open reports the error as EIO and logs why.
+        Err(e) => warn!("CMOS clock at ports {index:#x}/{data:#x} does not read well: {e}"),
+    }
+    let fd = daemon.register_scheme("time")?;
+    common::sandbox::enter_sandbox()?;
+    daemon.ready()?;
+    Server::new(fd, TimeScheme::new(cmos))?.run()
+}
+
+/// The only arguments rtcd may get are acpid's `--mem BASE+LEN` (for a
+/// devicetree clock); the CMOS clock has no memory window to use.
+fn check_args(mut args: impl Iterator<Item = String>) -> io::Result<()> {
+    while let Some(a) = args.next() {
+        match (a.as_str(), args.next()) {
+            ("--mem", Some(w)) => warn!("memory window {w} ignored: rtcd drives the clock by port"),
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("unexpected argument {a:?}"),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The century register's CMOS index from the FADT, 0x32 if it cannot be
+/// read, `None` if the FADT says the machine has none.
+fn century_register() -> Option<u8> {
+    match std::fs::read(FADT_PATH).map(|t| device::fadt_century(&t)) {
+        Ok(Some(0)) => {
+            info!("the FADT names no century register: years 70-99 are 19xx, 00-69 20xx");
+            None
+        }
+        Ok(Some(r)) => {
+            info!("century register {r:#04x} (from the FADT)");
+            Some(r)
+        }
+        Ok(None) => {
+            warn!(
+                "{FADT_PATH} is not a FADT; century register {:#04x} assumed",
+                device::DEFAULT_CENTURY_REG
+            );
+            Some(device::DEFAULT_CENTURY_REG)
+        }
+        Err(e) => {
+            info!(
+                "cannot read {FADT_PATH} ({e}); century register {:#04x} assumed",
+                device::DEFAULT_CENTURY_REG
+            );
+            Some(device::DEFAULT_CENTURY_REG)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Node {
+    Root,
+    Now,
+    Cmos,
+}
+
+const FILES: [(&str, Node); 2] = [("now", Node::Now), ("cmos", Node::Cmos)];
+
+struct Open {
+    node: Node,
+    /// The file's content, taken when it was opened.
+    data: Vec<u8>,
+}
+
+/// `/scheme/time`: a directory of read-only files (see the crate docs).
+pub struct TimeScheme<C: Clock> {
+    clock: C,
+    handles: Handles<Open>,
+}
+
+impl<C: Clock> TimeScheme<C> {
+    pub fn new(clock: C) -> TimeScheme<C> {
+        TimeScheme {
+            clock,
+            handles: Handles::new(),
+        }
+    }
+
+    fn content(&mut self, node: Node) -> Result<Vec<u8>> {
+        let raw = self.clock.read().map_err(|e| {
+            warn!("reading the clock: {e}");
+            Error::new(EIO)
+        })?;
+        match node {
+            Node::Root => Ok(Vec::new()),
+            Node::Now => {
+                let t = raw.decode().map_err(|e| {
+                    warn!("the clock holds no valid time: {e}");
+                    Error::new(EIO)
+                })?;
+                Ok(format!("{} {t}\n", t.unix_seconds()).into_bytes())
+            }
+            Node::Cmos => Ok(raw.describe(self.clock.century_register()).into_bytes()),
+        }
+    }
+}
+
+impl<C: Clock> Scheme for TimeScheme<C> {
+    fn openat(&mut self, path: &str, flags: usize, _ctx: &CallerCtx) -> Result<OpenResult> {
+        let path = path.trim_matches('/');
+        let stat_only = flags & O_STAT != 0;
+        let node = if path.is_empty() {
+            Node::Root
+        } else {
+            FILES
+                .iter()
+                .find(|(name, _)| *name == path)
+                .map(|&(_, n)| n)
+                .ok_or(Error::new(ENOENT))?
+        };
+        match node {
+            Node::Root if !stat_only && flags & O_ACCMODE != O_RDONLY => {
+                return Err(Error::new(EISDIR))
+            }
+            Node::Now | Node::Cmos if flags & O_DIRECTORY != 0 => return Err(Error::new(ENOTDIR)),
+            Node::Now | Node::Cmos if !stat_only && flags & O_ACCMODE != O_RDONLY => {
+                return Err(Error::new(EACCES))
+            }
+            _ => {}
+        }
+        let data = if stat_only || node == Node::Root {
+            Vec::new()
+        } else {
+            self.content(node)?
+        };
+        Ok(OpenResult::file(self.handles.insert(Open { node, data })))
+    }
+
+    fn read(
+        &mut self,
+        id: usize,
+        buf: &mut [u8],
+        offset: u64,
+        _fcntl_flags: u32,
+        _ctx: &CallerCtx,
+    ) -> Result<usize> {
+        let open = self.handles.get(id)?;
+        if open.node == Node::Root {
+            return Err(Error::new(EISDIR));
+        }
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(open.data.len());
+        let n = buf.len().min(open.data.len() - start);
+        buf[..n].copy_from_slice(&open.data[start..start + n]);
+        Ok(n)
+    }
+
+    fn fstat(&mut self, id: usize, stat: &mut Stat, _ctx: &CallerCtx) -> Result<()> {
+        let open = self.handles.get(id)?;
+        if open.node == Node::Root {
+            stat.st_mode = MODE_DIR | 0o555;
+        } else {
+            stat.st_mode = MODE_FILE | 0o444;
+            stat.st_size = open.data.len() as u64;
+        }
+        stat.st_nlink = 1;
+        Ok(())
+    }
+
+    fn getdents(
+        &mut self,
+        id: usize,
+        buf: &mut DirentBuf,
+        opaque_offset: u64,
+        _ctx: &CallerCtx,
+    ) -> Result<()> {
+        if self.handles.get(id)?.node != Node::Root {
+            return Err(Error::new(ENOTDIR));
+        }
+        buf.list(
+            opaque_offset,
+            FILES.iter().map(|(name, _)| (*name, DirentKind::Regular)),
+        );
+        Ok(())
+    }
+
+    fn on_close(&mut self, id: usize) {
+        self.handles.remove(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use device::RawTime;
+    use syscall::flag::{O_RDWR, O_WRONLY};
+
+    /// A clock that counts its reads and can be made to fail.
+    struct Fake {
+        raw: RawTime,
+        reads: usize,
+        broken: bool,
+    }
+
+    impl Clock for Fake {
+        fn read(&mut self) -> io::Result<RawTime> {
+            self.reads += 1;
+            if self.broken {
+                return Err(io::Error::other("broken"));
+            }
+            Ok(self.raw)
+        }
+        fn century_register(&self) -> Option<u8> {
+            Some(0x32)
+        }
+    }
+
+    fn scheme() -> TimeScheme<Fake> {
+        TimeScheme::new(Fake {
+            raw: RawTime {
+                seconds: 0x03,
+                minutes: 0x12,
+                hours: 0x03,
+                weekday: 0x06,
+                day: 0x22,
+                month: 0x11,
+                year: 0x24,
+                century: Some(0x20),
+                status_a: 0x26,
+                status_b: 0x02,
+            },
+            reads: 0,
+            broken: false,
+        })
+    }
+
+    fn read_all(s: &mut TimeScheme<Fake>, id: usize, chunk: usize) -> String {
+        let ctx = CallerCtx::default();
+        let mut out = Vec::new();
+        loop {
+            let mut buf = vec![0u8; chunk];
+            let n = s.read(id, &mut buf, out.len() as u64, 0, &ctx).unwrap();
+            if n == 0 {
+                return String::from_utf8(out).unwrap();
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    #[test]
+    fn now_and_cmos() {
+        let ctx = CallerCtx::default();
+        let mut s = scheme();
+        let id = s.openat("now", O_RDONLY, &ctx).unwrap().id;
+        assert_eq!(read_all(&mut s, id, 5), "1732245123 2024-11-22T03:12:03Z\n");
+        let id = s.openat("/cmos", O_RDONLY, &ctx).unwrap().id;
+        let text = read_all(&mut s, id, 4096);
+        assert!(
+            text.starts_with("seconds 0x03\nminutes 0x12\nhours 0x03\n"),
+            "{text}"
+        );
+        assert!(text.contains("century 0x20 (register 0x32)\n"), "{text}");
+        let mut st = Stat::default();
+        s.fstat(id, &mut st, &ctx).unwrap();
+        assert_eq!(st.st_size as usize, text.len());
+        assert_eq!(st.st_mode, MODE_FILE | 0o444);
+    }
+
+    #[test]
+    fn one_read_of_the_chip_per_open() {
+        let ctx = CallerCtx::default();
+        let mut s = scheme();
+        let id = s.openat("now", O_RDONLY, &ctx).unwrap().id;
+        let first = read_all(&mut s, id, 1);
+        // The clock moves on; the open file keeps what it read.
+        s.clock.raw.seconds = 0x04;
+        assert_eq!(read_all(&mut s, id, 7), first);
+        assert_eq!(s.clock.reads, 1);
+        let id2 = s.openat("now", O_RDONLY, &ctx).unwrap().id;
+        assert!(read_all(&mut s, id2, 64).contains("03:12:04Z"));
+        // A stat does not touch the chip.
+        let mut st = Stat::default();
+        s.stat_path("cmos", &mut st, &ctx).unwrap();
+        assert_eq!(s.clock.reads, 2);
+    }
+
+    #[test]
+    fn directory_and_bad_requests() {
+        let ctx = CallerCtx::default();
+        let mut s = scheme();
+        let root = s.openat("", O_RDONLY | O_DIRECTORY, &ctx).unwrap().id;
+        let mut st = Stat::default();
+        s.fstat(root, &mut st, &ctx).unwrap();
+        assert_eq!(st.st_mode, MODE_DIR | 0o555);
+        let errno = |r: Result<OpenResult>| r.unwrap_err().errno;
+        assert_eq!(errno(s.openat("now", O_WRONLY, &ctx)), EACCES);
+        assert_eq!(errno(s.openat("cmos", O_RDWR, &ctx)), EACCES);
+        assert_eq!(errno(s.openat("", O_WRONLY, &ctx)), EISDIR);
+        assert_eq!(errno(s.openat("later", O_RDONLY, &ctx)), ENOENT);
+        assert_eq!(errno(s.openat("now/x", O_RDONLY, &ctx)), ENOENT);
+        assert_eq!(
+            errno(s.openat("now", O_RDONLY | O_DIRECTORY, &ctx)),
+            ENOTDIR
+        );
+        s.clock.broken = true;
+        assert_eq!(errno(s.openat("now", O_RDONLY, &ctx)), EIO);
+        s.clock.broken = false;
+        s.clock.raw.month = 0x13;
+        assert_eq!(errno(s.openat("now", O_RDONLY, &ctx)), EIO);
+        // The raw registers are still shown when they make no date.
+        let id = s.openat("cmos", O_RDONLY, &ctx).unwrap().id;
+        assert!(read_all(&mut s, id, 64).contains("month 0x13\n"));
+        s.on_close(id);
+        let mut b = [0u8; 4];
+        assert!(s.read(id, &mut b, 0, 0, &ctx).is_err(), "closed");
+    }
+
+    #[test]
+    fn only_mem_arguments_are_accepted() {
+        let args = |a: &[&str]| check_args(a.iter().map(|s| s.to_string()));
+        assert!(args(&[]).is_ok());
+        assert!(args(&["--mem", "0xfe000070+0x2"]).is_ok());
+        assert!(args(&["--mem"]).is_err());
+        assert!(args(&["-v"]).is_err());
+    }
+}

@@ -2,6 +2,14 @@
 //! identical devices, with the same workload binary. Prints both numbers and
 //! the ratio; under TCG only the ratio means anything. Not a test: nothing
 //! here passes or fails on speed.
+//!
+//!   lab-bench [block] [net]      (default: both)
+//!
+//! The machine: our virtio-blk at 04.0 and Linux's at 07.0; our e1000 (05.0)
+//! and virtio-net (06.0) on QEMU hub 0, and an identical e1000 (08.0) and
+//! virtio-net (09.0) on hub 1 for Linux. pcid is told to leave 07.0-09.0
+//! alone; Linux's modules are loaded only after pcid has bound ours to
+//! vfio-pci, so they find only the ignored functions.
 
 use std::time::Duration;
 
@@ -9,12 +17,22 @@ use lab::{Config, Vm};
 use serde_json::Value;
 
 const OURS: &str = "/scheme/disk.pci-0000-00-04.0_virtio_blk/0";
-/// Served by Linux's virtio_blk: pcid is told to leave 00:06.0 alone.
-const KERNEL_ADDR: &str = "0000:00:06.0";
+const KERNEL_DISK: &str = "0000:00:07.0";
+const KERNEL_E1000: &str = "0000:00:08.0";
+const KERNEL_VIRTIO_NET: &str = "0000:00:09.0";
+const OUR_E1000: &str = "/scheme/network.pci-0000-00-05.0_e1000";
+const OUR_VIRTIO_NET: &str = "/scheme/network.pci-0000-00-06.0_virtio_net";
 const DISK_MIB: u64 = 64;
+/// Frames per network run, and how many may be in flight beyond the
+/// highest one received (the same for both sides).
+const NET_FRAMES: u64 = 10_000;
+const NET_WINDOW: u64 = 64;
 
 fn main() {
-    if let Err(e) = run() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let block = args.is_empty() || args.iter().any(|a| a == "block");
+    let net = args.is_empty() || args.iter().any(|a| a == "net");
+    if let Err(e) = run(block, net) {
         eprintln!("lab-bench: {e}");
         std::process::exit(1);
     }
@@ -29,27 +47,79 @@ fn disk(name: &str) -> Result<std::path::PathBuf, String> {
     Ok(path)
 }
 
-fn run() -> Result<(), String> {
+fn run(block: bool, net: bool) -> Result<(), String> {
     let (a, b) = (disk("bench-ours.img")?, disk("bench-kernel.img")?);
     let cfg = Config::new("bench")
         .args(lab::virtio_blk_args("a", &a, "04.0"))
-        .args(lab::virtio_blk_args("b", &b, "06.0"))
-        .cmdline(&[&format!("pcid.ignore={KERNEL_ADDR}")]);
+        .args(lab::virtio_blk_args("b", &b, "07.0"))
+        .arg(&[
+            "-netdev",
+            "hubport,id=h0,hubid=0",
+            "-netdev",
+            "hubport,id=h1,hubid=0",
+            "-netdev",
+            "hubport,id=h2,hubid=1",
+            "-netdev",
+            "hubport,id=h3,hubid=1",
+        ])
+        .args(lab::e1000_args("nic0", "h0", "05.0", "52:54:00:12:34:05"))
+        .args(lab::virtio_net_args(
+            "nic1",
+            "h1",
+            "06.0",
+            "52:54:00:12:34:06",
+        ))
+        .args(lab::e1000_args("nic2", "h2", "08.0", "52:54:00:12:34:08"))
+        .args(lab::virtio_net_args(
+            "nic3",
+            "h3",
+            "09.0",
+            "52:54:00:12:34:09",
+        ))
+        .cmdline(&[&format!(
+            "pcid.ignore={KERNEL_DISK},{KERNEL_E1000},{KERNEL_VIRTIO_NET}"
+        )]);
     let mut vm = Vm::boot(cfg)?;
-    // Linux's driver, loaded only now and only finding the ignored device
-    // (ours is bound to vfio-pci).
+    // Our drivers first (bound to vfio-pci, so Linux's cannot take them).
+    if net {
+        vm.ok(&format!(
+            "for i in $(seq 600); do [ \"$(cat {OUR_E1000}/link 2>/dev/null)\" = up ] && \
+             [ \"$(cat {OUR_VIRTIO_NET}/link 2>/dev/null)\" = up ] && exit 0; sleep 0.1; done; exit 1"
+        ))
+        .map_err(|e| format!("our NICs never came up: {e}"))?;
+    }
+    // Linux's drivers, loaded only now and only finding the ignored devices.
     vm.ok("for m in $(cat /etc/modules.optional); do insmod /lib/modules/$m || exit 1; done")?;
+    let block_result = if block {
+        Some(bench_block(&mut vm)?)
+    } else {
+        None
+    };
+    let net_result = if net { Some(bench_net(&mut vm)?) } else { None };
+    let _ = vm.poweroff(Duration::from_secs(60));
+    if let Some((dev, ours, kernel)) = block_result {
+        print_block(&dev, &ours, &kernel);
+    }
+    if let Some(rows) = net_result {
+        print_net(&rows);
+    }
+    Ok(())
+}
+
+fn bench_block(vm: &mut Vm) -> Result<(String, Value, Value), String> {
     let dev = vm.ok(&format!(
-        "for i in $(seq 100); do d=$(ls /sys/bus/pci/devices/{KERNEL_ADDR}/virtio*/block 2>/dev/null); \
+        "for i in $(seq 100); do d=$(ls /sys/bus/pci/devices/{KERNEL_DISK}/virtio*/block 2>/dev/null); \
          [ -n \"$d\" ] && [ -b /dev/$d ] && echo /dev/$d && exit 0; sleep 0.1; done; exit 1"
     ))?;
     let dev = dev.trim().to_owned();
     let args = format!("--mib {DISK_MIB} --ops 4096");
     let timeout = Duration::from_secs(1800);
-    let ours = measure(&mut vm, &format!("blkbench {OURS} {args}"), timeout)?;
-    let kernel = measure(&mut vm, &format!("blkbench {dev} --direct {args}"), timeout)?;
-    let _ = vm.poweroff(Duration::from_secs(60));
+    let ours = measure(vm, &format!("blkbench {OURS} {args}"), timeout)?;
+    let kernel = measure(vm, &format!("blkbench {dev} --direct {args}"), timeout)?;
+    Ok((dev, ours, kernel))
+}
 
+fn print_block(dev: &str, ours: &Value, kernel: &Value) {
     println!(
         "block: virtio-blkd (/scheme/disk…/0) vs Linux virtio_blk ({dev}, O_DIRECT), same VM, TCG"
     );
@@ -67,7 +137,6 @@ fn run() -> Result<(), String> {
         let k = kernel[key].as_f64().unwrap_or(f64::NAN);
         println!("{label:<28} {o:>12.1} {k:>12.1} {:>8.2}", o / k);
     }
-    Ok(())
 }
 
 fn measure(vm: &mut Vm, cmd: &str, timeout: Duration) -> Result<Value, String> {
@@ -76,4 +145,109 @@ fn measure(vm: &mut Vm, cmd: &str, timeout: Duration) -> Result<Value, String> {
         return Err(format!("{cmd}: {}{}", out.stdout_str(), out.stderr_str()));
     }
     serde_json::from_str(out.stdout_str().trim()).map_err(|e| format!("{cmd}: {e}"))
+}
+
+/// One network workload: frames/s and MB/s, ours and Linux's.
+struct NetRow {
+    label: String,
+    ours: (f64, f64),
+    linux: (f64, f64),
+}
+
+/// The interface Linux made for PCI function `addr`, brought up (IPv6 off,
+/// so the only traffic is ours) once its carrier is there.
+fn kernel_iface(vm: &mut Vm, addr: &str) -> Result<String, String> {
+    let name = vm.ok(&format!(
+        "for i in $(seq 100); do n=$(ls /sys/bus/pci/devices/{addr}/net /sys/bus/pci/devices/{addr}/virtio*/net 2>/dev/null | grep -v : | head -1); \
+         [ -n \"$n\" ] && echo $n && exit 0; sleep 0.1; done; exit 1"
+    ))
+    .map_err(|e| format!("no Linux interface for {addr}: {e}"))?;
+    let name = name.trim().to_owned();
+    vm.ok(&format!(
+        "echo 1 > /proc/sys/net/ipv6/conf/{name}/disable_ipv6 2>/dev/null; ip link set {name} up && \
+         for i in $(seq 100); do [ \"$(cat /sys/class/net/{name}/carrier 2>/dev/null)\" = 1 ] && exit 0; sleep 0.1; done; exit 1"
+    ))
+    .map_err(|e| format!("{name} has no carrier: {e}"))?;
+    Ok(name)
+}
+
+/// `frames pair FROM TO` → (frames/s, MB/s) at the receiver; every frame
+/// must arrive intact, or the number means nothing.
+fn pair_rate(vm: &mut Vm, from: &str, to: &str, size: usize) -> Result<(f64, f64), String> {
+    let cmd = format!(
+        "frames pair {from} {to} --count {NET_FRAMES} --size {size} --window {NET_WINDOW} --timeout-ms 20000"
+    );
+    let out = vm.sh_timeout(&cmd, Duration::from_secs(1800))?;
+    let text = out.stdout_str();
+    if !out.success() {
+        return Err(format!("{cmd}: {text}{}", out.stderr_str()));
+    }
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("received "))
+        .ok_or_else(|| format!("{cmd}: {text}"))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let field = |k: &str| -> f64 {
+        words
+            .iter()
+            .position(|w| *w == k)
+            .and_then(|i| words.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    Ok((field("fps"), field("mbps")))
+}
+
+fn bench_net(vm: &mut Vm) -> Result<Vec<NetRow>, String> {
+    let e = kernel_iface(vm, KERNEL_E1000)?;
+    let v = kernel_iface(vm, KERNEL_VIRTIO_NET)?;
+    let (le, lv) = (format!("packet:{e}"), format!("packet:{v}"));
+    let mut rows = Vec::new();
+    for size in [64usize, 1514] {
+        for (dir, (of, ot), (lf, lt)) in [
+            (
+                "e1000 → virtio-net",
+                (OUR_E1000, OUR_VIRTIO_NET),
+                (le.as_str(), lv.as_str()),
+            ),
+            (
+                "virtio-net → e1000",
+                (OUR_VIRTIO_NET, OUR_E1000),
+                (lv.as_str(), le.as_str()),
+            ),
+        ] {
+            let ours = pair_rate(vm, of, ot, size)?;
+            let linux = pair_rate(vm, lf, lt, size)?;
+            rows.push(NetRow {
+                label: format!("{dir} {size} B"),
+                ours,
+                linux,
+            });
+        }
+    }
+    Ok(rows)
+}
+
+fn print_net(rows: &[NetRow]) {
+    println!(
+        "network: e1000d + virtio-netd (/scheme/network…/frames) vs Linux e1000 + virtio_net \
+         (AF_PACKET), two NICs on one QEMU hub each, same VM, TCG; {NET_FRAMES} frames, \
+         window {NET_WINDOW}"
+    );
+    println!(
+        "{:<26} {:>10} {:>10} {:>6}   {:>9} {:>9} {:>6}",
+        "workload", "ours f/s", "linux f/s", "ratio", "ours MB/s", "linux MB/s", "ratio"
+    );
+    for r in rows {
+        println!(
+            "{:<26} {:>10.0} {:>10.0} {:>6.2}   {:>9.2} {:>9.2} {:>6.2}",
+            r.label,
+            r.ours.0,
+            r.linux.0,
+            r.ours.0 / r.linux.0,
+            r.ours.1,
+            r.linux.1,
+            r.ours.1 / r.linux.1
+        );
+    }
 }

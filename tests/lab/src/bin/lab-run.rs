@@ -55,7 +55,12 @@ fn main() {
         args.extend(["-netdev".into(), format!("user,id={netdev},restrict=on")]);
     }
     args.extend(lab::e1000_args("nic0", "net0", "05.0", "52:54:00:12:34:05"));
-    args.extend(lab::virtio_net_args("nic1", "net1", "06.0", "52:54:00:12:34:06"));
+    args.extend(lab::virtio_net_args(
+        "nic1",
+        "net1",
+        "06.0",
+        "52:54:00:12:34:06",
+    ));
     if let Ok(extra) = std::env::var("QEMU_ARGS") {
         args.extend(extra.split_whitespace().map(str::to_owned));
     }
