@@ -26,14 +26,7 @@ const AML_LOAD_TIMEOUT: Duration = Duration::from_secs(30);
 const AML_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
-    daemon::init_logging();
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            log::error!("{e}");
-            ExitCode::FAILURE
-        }
-    }
+    daemon::main_with(run)
 }
 
 /// Logs what of the FADT's power registers lies outside the port grant.

@@ -166,16 +166,6 @@ struct RawRule {
     command: Option<Spanned<Vec<String>>>,
 }
 
-/// 1-based line of byte `pos` in `text`.
-fn line_of(text: &str, pos: usize) -> usize {
-    let pos = pos.min(text.len());
-    text.as_bytes()[..pos]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
-}
-
 /// An id or a command word: printable ASCII without spaces, because it
 /// travels as one word on init's control channel.
 fn valid_word(w: &str) -> bool {
@@ -186,21 +176,14 @@ fn valid_word(w: &str) -> bool {
 /// `file:line: message`.
 pub fn parse_rules(file: &str, text: &str) -> Result<Vec<Rule>, String> {
     let err = |pos: Option<usize>, message: String| match pos {
-        Some(p) => format!("{file}:{}: {message}", line_of(text, p)),
+        Some(p) => format!("{file}:{}: {message}", daemon::config::line_of(text, p)),
         None => format!("{file}: {message}"),
     };
-    let raw: RawFile = toml::from_str(text).map_err(|e| {
-        err(
-            e.span().map(|s| s.start),
-            // toml's messages may span lines; logs want one.
-            e.message()
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect::<Vec<_>>()
-                .join(": "),
-        )
-    })?;
+    let raw: RawFile =
+        toml::from_str(text).map_err(|e| match daemon::config::toml_error(text, &e) {
+            (Some(line), message) => format!("{file}:{line}: {message}"),
+            (None, message) => format!("{file}: {message}"),
+        })?;
     let mut rules = Vec::new();
     for spanned in raw.drivers {
         let pos = spanned.span().start;
@@ -242,7 +225,7 @@ pub fn parse_rules(file: &str, text: &str) -> Result<Vec<Rule>, String> {
         };
         rules.push(Rule {
             file: file.to_owned(),
-            line: line_of(text, pos),
+            line: daemon::config::line_of(text, pos),
             name: r.name,
             ids,
             command,
@@ -255,33 +238,21 @@ pub fn parse_rules(file: &str, text: &str) -> Result<Vec<Rule>, String> {
 /// and one message per file that could not be used (those files give no
 /// rules). A missing directory means no rules and no error.
 pub fn load_rules(dir: &Path) -> (Vec<Rule>, Vec<String>) {
-    let mut rules = Vec::new();
-    let mut errors = Vec::new();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return (rules, errors),
-        Err(e) => {
-            errors.push(format!("{}: {e}", dir.display()));
-            return (rules, errors);
-        }
-    };
-    let mut files: Vec<_> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+    let (files, unreadable) = daemon::config::read_toml_dir(dir);
+    let mut errors: Vec<String> = unreadable
+        .into_iter()
+        .map(|(file, message)| format!("{file}: {message}"))
         .collect();
-    files.sort();
-    for path in files {
-        let name = path
+    let mut rules = Vec::new();
+    for f in files {
+        let name = f
+            .path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        match std::fs::read_to_string(&path) {
-            Ok(text) => match parse_rules(&name, &text) {
-                Ok(r) => rules.extend(r),
-                Err(e) => errors.push(e),
-            },
-            Err(e) => errors.push(format!("{name}: {e}")),
+        match parse_rules(&name, &f.text) {
+            Ok(r) => rules.extend(r),
+            Err(e) => errors.push(e),
         }
     }
     (rules, errors)

@@ -287,15 +287,6 @@ fn run_text(
     .map_err(|e| (false, e.to_string()))?
 }
 
-fn slice_at(data: &[u8], buf: &mut [u8], offset: u64) -> usize {
-    let start = usize::try_from(offset)
-        .unwrap_or(usize::MAX)
-        .min(data.len());
-    let n = buf.len().min(data.len() - start);
-    buf[..n].copy_from_slice(&data[start..start + n]);
-    n
-}
-
 impl Scheme for AcpiScheme {
     fn openat(&mut self, path: &str, flags: usize, ctx: &CallerCtx) -> Result<OpenResult> {
         let node = self.resolve(path)?;
@@ -355,8 +346,8 @@ impl Scheme for AcpiScheme {
         _ctx: &CallerCtx,
     ) -> Result<usize> {
         let run = match self.handles.get(id)? {
-            Handle::Data { bytes, .. } => return Ok(slice_at(bytes, buf, offset)),
-            Handle::Power { text } => return Ok(slice_at(text, buf, offset)),
+            Handle::Data { bytes, .. } => return Ok(scheme::read_at(bytes, buf, offset)),
+            Handle::Power { text } => return Ok(scheme::read_at(text, buf, offset)),
             Handle::Method {
                 result: Some(_), ..
             } => Vec::new(),

@@ -9,7 +9,6 @@
 //! are errors.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs;
 use std::ops::RangeInclusive;
 use std::path::Path;
 
@@ -209,31 +208,21 @@ pub fn valid_scheme_name(name: &str) -> bool {
 /// Loads every `*.toml` in `dir`. A unit that does not parse is reported and
 /// skipped; it never stops the others.
 pub fn load_dir(dir: &Path) -> (Vec<Unit>, Vec<String>) {
-    let mut units = Vec::new();
-    let mut errors = Vec::new();
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) => {
-            errors.push(format!("{}: {e}", dir.display()));
-            return (units, errors);
-        }
-    };
-    let mut paths: Vec<_> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+    let (files, unreadable) = daemon::config::read_toml_dir(dir);
+    let mut errors: Vec<String> = unreadable
+        .into_iter()
+        .map(|(file, message)| format!("{file}: {message}"))
         .collect();
-    paths.sort();
-    for path in paths {
-        let name = path
+    let mut units = Vec::new();
+    for f in files {
+        let name = f
+            .path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        match fs::read_to_string(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|t| Unit::parse(&name, &t))
-        {
+        match Unit::parse(&name, &f.text) {
             Ok(u) => units.push(u),
-            Err(e) => errors.push(format!("{}: {e}", path.display())),
+            Err(e) => errors.push(format!("{}: {e}", f.path.display())),
         }
     }
     (units, errors)

@@ -14,14 +14,7 @@ use pcid::table::Table;
 use scheme::{RootKind, Server};
 
 fn main() -> ExitCode {
-    daemon::init_logging();
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            log::error!("{e}");
-            ExitCode::FAILURE
-        }
-    }
+    daemon::main_with(run)
 }
 
 fn run() -> io::Result<()> {

@@ -226,14 +226,7 @@ impl Scheme for PciScheme {
         _ctx: &CallerCtx,
     ) -> Result<usize> {
         match self.handles.get_mut(id)? {
-            Handle::Data(_, data) => {
-                let start = usize::try_from(offset)
-                    .unwrap_or(usize::MAX)
-                    .min(data.len());
-                let n = buf.len().min(data.len() - start);
-                buf[..n].copy_from_slice(&data[start..start + n]);
-                Ok(n)
-            }
+            Handle::Data(_, data) => Ok(scheme::read_at(data, buf, offset)),
             Handle::Channel { address, reply } => {
                 let a = *address;
                 // Take what fits; the rest stays for the next read. Nothing

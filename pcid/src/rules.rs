@@ -124,16 +124,6 @@ struct RawRule {
     command: Option<Spanned<Vec<String>>>,
 }
 
-/// 1-based line of byte `pos` in `text`.
-fn line_of(text: &str, pos: usize) -> usize {
-    let pos = pos.min(text.len());
-    text.as_bytes()[..pos]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
-}
-
 /// A vendor key of `ids`: hex, with or without `0x`.
 fn parse_vendor_key(key: &str) -> Option<u16> {
     let hex = key
@@ -150,20 +140,16 @@ fn parse_vendor_key(key: &str) -> Option<u16> {
 pub fn parse_rules(file: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
     let err = |pos: Option<usize>, message: String| RuleError {
         file: file.to_owned(),
-        line: pos.map(|p| line_of(text, p)),
+        line: pos.map(|p| daemon::config::line_of(text, p)),
         message,
     };
     let raw: RawFile = toml::from_str(text).map_err(|e| {
-        err(
-            e.span().map(|s| s.start),
-            // toml's messages may span lines; logs want one.
-            e.message()
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect::<Vec<_>>()
-                .join(": "),
-        )
+        let (line, message) = daemon::config::toml_error(text, &e);
+        RuleError {
+            file: file.to_owned(),
+            line,
+            message,
+        }
     })?;
     let mut rules = Vec::new();
     for spanned in raw.drivers {
@@ -200,7 +186,7 @@ pub fn parse_rules(file: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
         };
         rules.push(Rule {
             file: file.to_owned(),
-            line: line_of(text, pos),
+            line: daemon::config::line_of(text, pos),
             name: r.name,
             class: r.class,
             subclass: r.subclass,
@@ -218,38 +204,20 @@ pub fn parse_rules(file: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
 /// and one error per file that could not be used (those files contribute
 /// nothing). A missing directory means no rules and no error.
 pub fn load_rules(dir: &Path) -> (Vec<Rule>, Vec<RuleError>) {
-    let mut rules = Vec::new();
-    let mut errors = Vec::new();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (rules, errors),
-        Err(e) => {
-            errors.push(RuleError {
-                file: dir.display().to_string(),
-                line: None,
-                message: e.to_string(),
-            });
-            return (rules, errors);
-        }
-    };
-    let mut files: Vec<_> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+    let (files, unreadable) = daemon::config::read_toml_dir(dir);
+    let mut errors: Vec<RuleError> = unreadable
+        .into_iter()
+        .map(|(file, message)| RuleError {
+            file,
+            line: None,
+            message,
+        })
         .collect();
-    files.sort();
-    for path in files {
-        let name = path.display().to_string();
-        match std::fs::read_to_string(&path) {
-            Ok(text) => match parse_rules(&name, &text) {
-                Ok(r) => rules.extend(r),
-                Err(e) => errors.push(e),
-            },
-            Err(e) => errors.push(RuleError {
-                file: name,
-                line: None,
-                message: e.to_string(),
-            }),
+    let mut rules = Vec::new();
+    for f in files {
+        match parse_rules(&f.path.display().to_string(), &f.text) {
+            Ok(r) => rules.extend(r),
+            Err(e) => errors.push(e),
         }
     }
     (rules, errors)

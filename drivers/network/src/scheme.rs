@@ -267,12 +267,7 @@ impl<D: NetworkDevice> Scheme for NetworkScheme<D> {
             h.snapshot = Some(text);
         }
         let text = h.snapshot.as_deref().unwrap_or_default();
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(text.len());
-        let n = (text.len() - start).min(buf.len());
-        buf[..n].copy_from_slice(&text[start..start + n]);
-        Ok(n)
+        Ok(scheme::read_at(text, buf, offset))
     }
 
     fn write(

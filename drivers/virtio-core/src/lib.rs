@@ -57,6 +57,25 @@ pub struct VirtioDevice {
     pub features: u64,
 }
 
+/// Checks that `handle` is a virtio device of type `device_type` (`what`
+/// names it in the error), before a driver touches it.
+pub fn expect_device_type(
+    handle: &PciFunctionHandle,
+    device_type: u16,
+    what: &str,
+) -> io::Result<()> {
+    let pci = handle.info();
+    if spec::device_type(pci.vendor, pci.device, pci.subsystem_device) != Some(device_type) {
+        return Err(io::Error::other(format!(
+            "{} ({:04x}:{:04x}) is not a virtio {what} device",
+            handle.name(),
+            pci.vendor,
+            pci.device
+        )));
+    }
+    Ok(())
+}
+
 /// Brings up the virtio function behind `handle`: maps its structures,
 /// enables bus mastering and MSI-X (one vector per queue plus one for
 /// configuration changes), negotiates `wanted` device features (plus the

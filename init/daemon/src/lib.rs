@@ -16,10 +16,11 @@ use rustix::net::{
     SendAncillaryMessage, SendFlags,
 };
 
+pub mod config;
 pub mod logger;
 pub mod proto;
 
-pub use logger::init_logging;
+pub use logger::{init_logging, main_with};
 pub use proto::RootKind;
 
 /// Environment variable naming the inherited control fd.

@@ -35,3 +35,17 @@ pub fn init_logging() {
         log::set_max_level(level);
     }
 }
+
+/// A daemon's whole `main`: logging to init, then `run`; an error it
+/// returns is logged (init shows it on the console and in the service's
+/// log) and becomes exit status 1.
+pub fn main_with(run: impl FnOnce() -> std::io::Result<()>) -> std::process::ExitCode {
+    init_logging();
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

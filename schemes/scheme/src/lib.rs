@@ -32,6 +32,18 @@ pub use syscall::dirent::DirentKind;
 pub use syscall::error::{Error, Result};
 pub use syscall::flag::EventFlags;
 
+/// Copies the part of `data` at `offset` into `buf` and returns how many
+/// bytes that was: the body of `read` for a file whose contents are a
+/// snapshot held in memory (0 at or past the end, never an error).
+pub fn read_at(data: &[u8], buf: &mut [u8], offset: u64) -> usize {
+    let start = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(data.len());
+    let n = buf.len().min(data.len() - start);
+    buf[..n].copy_from_slice(&data[start..start + n]);
+    n
+}
+
 use syscall::error::{EBADF, ENOSYS, ENOTDIR, ENOTTY};
 use syscall::flag::O_STAT;
 

@@ -479,6 +479,51 @@ impl Vm {
         self.sh_timeout(script, Duration::from_secs(60))
     }
 
+    /// Checks that guest process `pid` runs the way every driver must: uid
+    /// and gid `id` (real, effective, saved, fs), no effective or permitted
+    /// capabilities, `NO_NEW_PRIVS` and a seccomp filter.
+    pub fn check_driver_privileges(&mut self, pid: &str, id: u32) -> Result<()> {
+        let status = self.ok(&format!("cat /proc/{}/status", pid.trim()))?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+                .unwrap_or_default()
+        };
+        let ids = format!("{id} {id} {id} {id}");
+        for (name, want) in [
+            ("Uid:", ids.as_str()),
+            ("Gid:", ids.as_str()),
+            ("CapEff:", "0000000000000000"),
+            ("CapPrm:", "0000000000000000"),
+            ("NoNewPrivs:", "1"),
+            ("Seccomp:", "2"),
+        ] {
+            if field(name) != want {
+                return Err(format!(
+                    "pid {pid}: {name} is {:?}, want {want:?}\n{status}",
+                    field(name)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that PCI function `addr` (`0000:00:05.0`) is bound to
+    /// `vfio-pci` and none of the Linux `modules` is loaded.
+    pub fn check_vfio_bound(&mut self, addr: &str, modules: &[&str]) -> Result<()> {
+        let driver = self.ok(&format!("readlink /sys/bus/pci/devices/{addr}/driver"))?;
+        if !driver.trim().ends_with("/vfio-pci") {
+            return Err(format!("{addr} is bound to {driver:?}, not vfio-pci"));
+        }
+        let loaded = self.ok("cut -d' ' -f1 /proc/modules")?;
+        match modules.iter().find(|m| loaded.lines().any(|l| l == **m)) {
+            Some(m) => Err(format!("Linux's {m} is loaded:\n{loaded}")),
+            None => Ok(()),
+        }
+    }
+
     /// Runs a script and fails unless it exits 0; returns its stdout.
     pub fn ok(&mut self, script: &str) -> Result<String> {
         let out = self.sh(script)?;

@@ -169,28 +169,10 @@ fn virtio_blk_disks_through_the_scheme() -> lab::Result<()> {
 /// functions are bound to vfio-pci and Linux's virtio drivers never loaded.
 fn unprivileged_and_bound(vm: &mut Vm, pids: &[String]) -> lab::Result<()> {
     for pid in pids {
-        let status = vm.ok(&format!("cat /proc/{pid}/status"))?;
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
-                .unwrap_or_default()
-        };
-        assert_eq!(field("Uid:"), "200 200 200 200", "{status}");
-        assert_eq!(field("Gid:"), "200 200 200 200", "{status}");
-        assert_eq!(field("CapEff:"), "0000000000000000", "{status}");
-        assert_eq!(field("CapPrm:"), "0000000000000000", "{status}");
-        assert_eq!(field("NoNewPrivs:"), "1", "{status}");
-        assert_eq!(field("Seccomp:"), "2", "{status}");
+        vm.check_driver_privileges(pid, 200)?;
     }
     for addr in ["0000:00:04.0", "0000:00:05.0"] {
-        let driver = vm.ok(&format!("readlink /sys/bus/pci/devices/{addr}/driver"))?;
-        assert!(driver.trim().ends_with("/vfio-pci"), "{addr}: {driver}");
-    }
-    let modules = vm.ok("cat /proc/modules")?;
-    for m in ["virtio_pci", "virtio_blk", "virtio "] {
-        assert!(!modules.contains(m), "{m} is loaded:\n{modules}");
+        vm.check_vfio_bound(addr, &["virtio_pci", "virtio_blk", "virtio"])?;
     }
     Ok(())
 }

@@ -11,7 +11,7 @@ use std::os::fd::AsFd;
 use std::process::ExitCode;
 
 use common::event::EventLoop;
-use log::{error, info, warn};
+use log::{info, warn};
 use network::NetworkScheme;
 use pcid_interface::PciFunctionHandle;
 use scheme::{Server, Status};
@@ -22,14 +22,7 @@ const TOKEN_SCHEME: u64 = 0;
 const TOKEN_IRQ: u64 = 1;
 
 fn main() -> ExitCode {
-    daemon::init_logging();
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            error!("{e}");
-            ExitCode::FAILURE
-        }
-    }
+    daemon::main_with(run)
 }
 
 fn run() -> io::Result<()> {

@@ -316,28 +316,8 @@ fn scenario(vm: &mut Vm, sock: &UdpSocket, tx: &[Vec<u8>], marker: &[u8]) -> lab
 }
 
 fn unprivileged_and_bound(vm: &mut Vm, pid: &str) -> lab::Result<()> {
-    let status = vm.ok(&format!("cat /proc/{pid}/status"))?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
-            .unwrap_or_default()
-    };
-    assert_eq!(field("Uid:"), "210 210 210 210", "{status}");
-    assert_eq!(field("Gid:"), "210 210 210 210", "{status}");
-    assert_eq!(field("CapEff:"), "0000000000000000", "{status}");
-    assert_eq!(field("CapPrm:"), "0000000000000000", "{status}");
-    assert_eq!(field("NoNewPrivs:"), "1", "{status}");
-    assert_eq!(field("Seccomp:"), "2", "{status}");
-    let driver = vm.ok("readlink /sys/bus/pci/devices/0000:00:05.0/driver")?;
-    assert!(driver.trim().ends_with("/vfio-pci"), "{driver}");
-    let modules = vm.ok("cat /proc/modules")?;
-    assert!(
-        !modules.lines().any(|l| l.starts_with("e1000 ")),
-        "e1000 is loaded:\n{modules}"
-    );
-    Ok(())
+    vm.check_driver_privileges(pid, 210)?;
+    vm.check_vfio_bound("0000:00:05.0", &["e1000"])
 }
 
 /// Two e1000s on one QEMU hub, each with its own e1000d: numbered frames of

@@ -12,7 +12,7 @@ use std::os::fd::AsFd;
 use std::process::ExitCode;
 
 use common::event::EventLoop;
-use log::{error, info, warn};
+use log::{info, warn};
 use network::NetworkScheme;
 use pcid_interface::PciFunctionHandle;
 use scheme::{Server, Status};
@@ -25,29 +25,13 @@ const TOKEN_RX_IRQ: u64 = 2;
 const TOKEN_TX_IRQ: u64 = 3;
 
 fn main() -> ExitCode {
-    daemon::init_logging();
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            error!("{e}");
-            ExitCode::FAILURE
-        }
-    }
+    daemon::main_with(run)
 }
 
 fn run() -> io::Result<()> {
     let handle = PciFunctionHandle::from_env()?;
     common::sandbox::check_unprivileged()?;
-    let pci = handle.info();
-    let kind = virtio_core::spec::device_type(pci.vendor, pci.device, pci.subsystem_device);
-    if kind != Some(device::DEVICE_TYPE) {
-        return Err(io::Error::other(format!(
-            "{} ({:04x}:{:04x}) is not a virtio network device",
-            handle.name(),
-            pci.vendor,
-            pci.device
-        )));
-    }
+    virtio_core::expect_device_type(&handle, device::DEVICE_TYPE, "network")?;
 
     let (nic, irqs) = device::start(&handle)?;
     let scheme = NetworkScheme::new(nic);

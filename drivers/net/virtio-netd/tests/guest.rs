@@ -343,24 +343,8 @@ fn virtio_netd_exchanges_frames_with_a_host_peer() -> lab::Result<()> {
 
     // Unprivileged, sandboxed, on vfio-pci; Linux's driver never loaded.
     let pid = vm.ok("pidof virtio-netd")?;
-    let status = vm.ok(&format!("cat /proc/{}/status", pid.trim()))?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
-            .unwrap_or_default()
-    };
-    assert_eq!(field("Uid:"), "211 211 211 211", "{status}");
-    assert_eq!(field("Gid:"), "211 211 211 211", "{status}");
-    assert_eq!(field("CapEff:"), "0000000000000000", "{status}");
-    assert_eq!(field("CapPrm:"), "0000000000000000", "{status}");
-    assert_eq!(field("NoNewPrivs:"), "1", "{status}");
-    assert_eq!(field("Seccomp:"), "2", "{status}");
-    let driver = vm.ok("readlink /sys/bus/pci/devices/0000:00:06.0/driver")?;
-    assert!(driver.trim().ends_with("/vfio-pci"), "{driver}");
-    let modules = vm.ok("cat /proc/modules")?;
-    assert!(!modules.contains("virtio_net"), "{modules}");
+    vm.check_driver_privileges(&pid, 211)?;
+    vm.check_vfio_bound("0000:00:06.0", &["virtio_net", "virtio_pci"])?;
 
     let status = vm.poweroff(Duration::from_secs(60))?;
     assert!(status.success(), "qemu: {status}");

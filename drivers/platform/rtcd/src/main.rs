@@ -24,7 +24,7 @@ use std::io;
 use std::process::ExitCode;
 
 use common::port::PortGrant;
-use log::{error, info, warn};
+use log::{info, warn};
 use scheme::{CallerCtx, DirentBuf, DirentKind, Handles, OpenResult, Scheme, Server, Stat};
 use syscall::error::{Error, Result, EACCES, EIO, EISDIR, ENOENT, ENOTDIR};
 use syscall::flag::{MODE_DIR, MODE_FILE, O_ACCMODE, O_DIRECTORY, O_RDONLY, O_STAT};
@@ -37,14 +37,7 @@ use device::{Clock, Cmos};
 const FADT_PATH: &str = "/scheme/acpi/tables/FACP";
 
 fn main() -> ExitCode {
-    daemon::init_logging();
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            error!("{e}");
-            ExitCode::FAILURE
-        }
-    }
+    daemon::main_with(run)
 }
 
 fn run() -> io::Result<()> {
@@ -202,12 +195,7 @@ impl<C: Clock> Scheme for TimeScheme<C> {
         if open.node == Node::Root {
             return Err(Error::new(EISDIR));
         }
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(open.data.len());
-        let n = buf.len().min(open.data.len() - start);
-        buf[..n].copy_from_slice(&open.data[start..start + n]);
-        Ok(n)
+        Ok(scheme::read_at(&open.data, buf, offset))
     }
 
     fn fstat(&mut self, id: usize, stat: &mut Stat, _ctx: &CallerCtx) -> Result<()> {

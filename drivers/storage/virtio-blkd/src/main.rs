@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use block::{BlockDevice, DiskScheme};
 use common::event::EventLoop;
-use log::{error, info, warn};
+use log::{info, warn};
 use pcid_interface::PciFunctionHandle;
 use scheme::{Server, Status};
 
@@ -27,29 +27,13 @@ const TOKEN_QUEUE_IRQ: u64 = 1;
 const TOKEN_CONFIG_IRQ: u64 = 2;
 
 fn main() -> ExitCode {
-    daemon::init_logging();
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            error!("{e}");
-            ExitCode::FAILURE
-        }
-    }
+    daemon::main_with(run)
 }
 
 fn run() -> io::Result<()> {
     let handle = PciFunctionHandle::from_env()?;
     common::sandbox::check_unprivileged()?;
-    let pci = handle.info();
-    let kind = virtio_core::spec::device_type(pci.vendor, pci.device, pci.subsystem_device);
-    if kind != Some(device::DEVICE_TYPE) {
-        return Err(io::Error::other(format!(
-            "{} ({:04x}:{:04x}) is not a virtio block device",
-            handle.name(),
-            pci.vendor,
-            pci.device
-        )));
-    }
+    virtio_core::expect_device_type(&handle, device::DEVICE_TYPE, "block")?;
 
     let (mut disk, irqs) = device::start(&handle)?;
     match disk.identify(STARTUP_TIMEOUT, |t| irqs.queue.wait(t)) {
