@@ -286,11 +286,24 @@ pub fn start_drivers(
     rules: &[Rule],
 ) -> Vec<(String, io::Result<()>)> {
     let mut results = Vec::new();
-    for device in devices.iter().filter(|d| d.present()) {
+    let mut names: Vec<String> = Vec::new();
+    for device in devices {
+        // Two devices with the same id and _UID (firmware bugs happen) get
+        // `.2`, `.3` …, in walk order, as their /scheme/acpi/devices files do.
+        let base = device.instance();
+        let mut instance = base.clone();
+        let mut n = 1;
+        while names.contains(&instance) {
+            n += 1;
+            instance = format!("{base}.{n}");
+        }
+        names.push(instance.clone());
+        if !device.present() {
+            continue;
+        }
         let Some(rule) = match_rule(rules, &device.ids()) else {
             continue;
         };
-        let instance = device.instance();
         let mut args: Vec<String> = rule.args().to_vec();
         args.extend(mem_args(device));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();

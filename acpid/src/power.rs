@@ -40,12 +40,26 @@ pub fn s5_values(aml: &mut Aml) -> Result<(u8, u8), String> {
     Ok((a, b))
 }
 
-fn width(g: &GenericAddress) -> u8 {
-    match g.bit_width {
-        0..=8 => 1,
-        9..=16 => 2,
+/// Access width in bytes of a PM1 control register: from `bit_width`, or
+/// from `access_size` where firmware leaves the bit width 0. PM1 control is
+/// 16 bits wide (ACPI 4.8.3.2.1); anything narrower would drop SLP_TYP and
+/// SLP_EN, so it is refused rather than written.
+fn pm1_width(g: &GenericAddress, what: &str) -> Result<u8, String> {
+    let w = match (g.bit_width, g.access_size) {
+        (0, 3) => 4,
+        (0, 2) => 2,
+        (0, _) => 1,
+        (1..=8, _) => 1,
+        (9..=16, _) => 2,
         _ => 4,
+    };
+    if w < 2 {
+        return Err(format!(
+            "{what} is {} bits wide (access size {}); SLP_TYP and SLP_EN need 16",
+            g.bit_width, g.access_size
+        ));
     }
+    Ok(w)
 }
 
 fn io_port(g: &GenericAddress, what: &str) -> Result<u16, String> {
@@ -58,18 +72,41 @@ fn io_port(g: &GenericAddress, what: &str) -> Result<u16, String> {
     u16::try_from(g.address).map_err(|_| format!("{what} port {:#x} is out of range", g.address))
 }
 
-/// Writes SLP_TYP, then SLP_TYP | SLP_EN, to one PM1 control block.
-fn write_sleep(hw: &dyn Hardware, g: &GenericAddress, typ: u8, what: &str) -> Result<(), String> {
-    let port = io_port(g, what)?;
-    let w = width(g);
-    let old = hw
-        .port_read(port, w)
-        .map_err(|e| format!("{what}: reading port {port:#x}: {e}"))?;
-    let value = (old & !(SLP_TYP_MASK | SLP_EN)) | (u32::from(typ) << SLP_TYP_SHIFT);
-    hw.port_write(port, w, value)
-        .map_err(|e| format!("{what}: writing port {port:#x}: {e}"))?;
-    hw.port_write(port, w, value | SLP_EN)
-        .map_err(|e| format!("{what}: writing port {port:#x}: {e}"))
+/// One PM1 control block, ready to be written: its port, width and the
+/// value with SLP_TYP set and SLP_EN clear (other bits, SCI_EN among
+/// them, as read).
+struct Pm1 {
+    port: u16,
+    width: u8,
+    value: u32,
+    what: &'static str,
+}
+
+impl Pm1 {
+    fn read(
+        hw: &dyn Hardware,
+        g: &GenericAddress,
+        typ: u8,
+        what: &'static str,
+    ) -> Result<Pm1, String> {
+        let port = io_port(g, what)?;
+        let width = pm1_width(g, what)?;
+        let old = hw
+            .port_read(port, width)
+            .map_err(|e| format!("{what}: reading port {port:#x}: {e}"))?;
+        let value = (old & !(SLP_TYP_MASK | SLP_EN)) | (u32::from(typ) << SLP_TYP_SHIFT);
+        Ok(Pm1 {
+            port,
+            width,
+            value,
+            what,
+        })
+    }
+
+    fn write(&self, hw: &dyn Hardware, value: u32) -> Result<(), String> {
+        hw.port_write(self.port, self.width, value)
+            .map_err(|e| format!("{}: writing port {:#x}: {e}", self.what, self.port))
+    }
 }
 
 /// Enters S5. On a working machine this does not come back for long: the
@@ -82,8 +119,10 @@ pub fn poweroff(aml: &mut Aml, fadt: &FadtInfo) -> Result<(), String> {
     // Check the ports before telling the firmware we are going down.
     let hw = aml.handler().hardware().clone();
     io_port(&pm1a, "PM1a_CNT")?;
+    pm1_width(&pm1a, "PM1a_CNT")?;
     if let Some(pm1b) = &fadt.pm1b_control {
         io_port(pm1b, "PM1b_CNT")?;
+        pm1_width(pm1b, "PM1b_CNT")?;
     }
     // \_PTS(5): "prepare to sleep", where the firmware has one.
     if aml.get(&name("\\_PTS")).is_some() {
@@ -92,9 +131,17 @@ pub fn poweroff(aml: &mut Aml, fadt: &FadtInfo) -> Result<(), String> {
         }
     }
     log::info!("entering S5: SLP_TYPa {a} SLP_TYPb {b}");
-    write_sleep(hw.as_ref(), &pm1a, a, "PM1a_CNT")?;
+    let mut blocks = vec![Pm1::read(hw.as_ref(), &pm1a, a, "PM1a_CNT")?];
     if let Some(pm1b) = &fadt.pm1b_control {
-        write_sleep(hw.as_ref(), pm1b, b, "PM1b_CNT")?;
+        blocks.push(Pm1::read(hw.as_ref(), pm1b, b, "PM1b_CNT")?);
+    }
+    // SLP_TYP into both blocks first, then SLP_EN into both: with a
+    // separate PM1b, SLP_EN on PM1a must not act before PM1b has its type.
+    for pm1 in &blocks {
+        pm1.write(hw.as_ref(), pm1.value)?;
+    }
+    for pm1 in &blocks {
+        pm1.write(hw.as_ref(), pm1.value | SLP_EN)?;
     }
     Ok(())
 }

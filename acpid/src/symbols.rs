@@ -163,7 +163,14 @@ pub fn parse_args(text: &str) -> Result<Vec<WrappedObject>, String> {
 /// Renders an object as text, `name` its segment (EISA ids are decoded for
 /// `_HID`/`_CID`, resource templates for `_CRS`/`_PRS`).
 pub fn render(obj: &Object, name: &str, depth: usize, out: &mut String) {
+    // Package and reference nesting is the firmware's to choose: a bound
+    // keeps a hostile table from overflowing the worker's stack.
+    const MAX_DEPTH: usize = 32;
     let pad = "  ".repeat(depth);
+    if depth > MAX_DEPTH {
+        let _ = writeln!(out, "{pad}… (nested deeper than {MAX_DEPTH})");
+        return;
+    }
     match obj {
         Object::Integer(v) => {
             if matches!(name, "_HID" | "_CID") {

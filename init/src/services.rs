@@ -133,6 +133,16 @@ impl Services {
                 format!("{who} may not start instances of {template}"),
             ));
         }
+        if !t.may_grant(ioports) {
+            return Err((
+                libc_errno(rustix::io::Errno::ACCESS),
+                format!(
+                    "{who} may not grant ports {} to {template} (grantable: {})",
+                    common::port::format_grant(ioports),
+                    common::port::format_grant(&t.grantable_ranges)
+                ),
+            ));
+        }
         let unit = t.instantiate(instance, args, ioports);
         let mut svc = Service::new(unit);
         svc.passed = fds;
@@ -784,7 +794,7 @@ mod tests {
             unit(
                 "rtcd",
                 "command = \"/nonexistent/rtcd\"\ntype = \"notify\"\ntemplate = true\n\
-                 spawned_by = [\"acpid\"]\n",
+                 spawned_by = [\"acpid\"]\ngrantable_ioports = [\"0x70-0x77\"]\n",
             ),
         ]);
         // As if started: nothing else may be spawned by the tests.
@@ -854,6 +864,25 @@ mod tests {
             .expect("the instance is in the table");
         assert_eq!(inst.unit.ioport_ranges, [0x70..=0x71]);
         assert!(matches!(inst.state, State::Failed(_)));
+    }
+
+    /// An allowed requester still cannot grant more than the template's
+    /// `grantable_ioports`: acpid holds no RTC ports and may not hand out
+    /// the PCI configuration ports or the whole space.
+    #[test]
+    fn a_grant_beyond_grantable_ioports_is_refused() {
+        let mut s = table();
+        for wide in [
+            vec![0x70..=0x78],
+            vec![0..=0xffff],
+            vec![0x70..=0x71, 0xcf8..=0xcff],
+        ] {
+            let r = s.spawn_instance(1, "rtcd", "acpi-PNP0B00-0", &[], Vec::new(), &wide);
+            let (errno, msg) = r.unwrap_err();
+            assert_eq!(errno, libc_errno(rustix::io::Errno::ACCESS), "{msg}");
+            assert!(msg.contains("may not grant ports"), "{msg}");
+        }
+        assert_eq!(s.list.len(), 2, "nothing may be added to the table");
     }
 
     #[test]

@@ -82,6 +82,15 @@ pub struct Unit {
     /// `ioports` parsed, plus what an enumerator granted an instance.
     #[serde(skip)]
     pub ioport_ranges: Vec<RangeInclusive<u16>>,
+    /// For a template: the most an enumerator may grant an instance
+    /// (`["0x70-0x77"]`), as MINIX's system.conf bounds each driver. A
+    /// `spawn-io` asking for a port outside it is refused: the enumerator
+    /// reports the device's resources, this line says what the driver may
+    /// ever touch. Absent: no ports may be granted.
+    #[serde(default)]
+    pub grantable_ioports: Vec<String>,
+    #[serde(skip)]
+    pub grantable_ranges: Vec<RangeInclusive<u16>>,
     /// Keep the uid (root, for acpid) but drop every capability: bounding,
     /// permitted, effective, inheritable and ambient sets.
     #[serde(default)]
@@ -107,6 +116,15 @@ impl Unit {
             .map(|r| common::port::parse_range(r))
             .collect::<Result<_, _>>()
             .map_err(|e| format!("bad ioports: {e}"))?;
+        unit.grantable_ranges = unit
+            .grantable_ioports
+            .iter()
+            .map(|r| common::port::parse_range(r))
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("bad grantable_ioports: {e}"))?;
+        if !unit.template && !unit.grantable_ranges.is_empty() {
+            return Err("grantable_ioports is only for template units".to_owned());
+        }
         if !unit.template && !unit.spawned_by.is_empty() {
             return Err("spawned_by is only for template units".to_owned());
         }
@@ -118,6 +136,16 @@ impl Unit {
             }
         }
         Ok(unit)
+    }
+
+    /// Whether every range of `ioports` lies inside one of the template's
+    /// `grantable_ioports`.
+    pub fn may_grant(&self, ioports: &[RangeInclusive<u16>]) -> bool {
+        ioports.iter().all(|want| {
+            self.grantable_ranges
+                .iter()
+                .any(|ok| ok.start() <= want.start() && want.end() <= ok.end())
+        })
     }
 
     /// The concrete unit for one instance of this template: named

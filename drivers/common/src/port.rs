@@ -175,16 +175,23 @@ pub struct PortGrant {
 }
 
 impl PortGrant {
-    /// A grant of `ranges`. The caller vouches that the process really
-    /// holds I/O permission for them (normally: what [`PortGrant::from_env`]
-    /// read from init).
-    pub fn new(ranges: Vec<RangeInclusive<u16>>) -> PortGrant {
+    /// A grant of `ranges`.
+    ///
+    /// # Safety
+    /// The safe accessors trust the grant: the process must really hold I/O
+    /// permission for `ranges`, and the ports must be ones this program may
+    /// drive. [`PortGrant::from_env`] (what init granted) is the normal way.
+    pub unsafe fn new(ranges: Vec<RangeInclusive<u16>>) -> PortGrant {
         PortGrant { ranges }
     }
 
     /// What init granted this process (`INIT_IOPORTS`); empty when unset.
     pub fn from_env() -> io::Result<PortGrant> {
-        granted_from_env().map(PortGrant::new)
+        // init sets INIT_IOPORTS to exactly the ranges it called ioperm for
+        // in this process before exec.
+        Ok(PortGrant {
+            ranges: granted_from_env()?,
+        })
     }
 
     pub fn ranges(&self) -> &[RangeInclusive<u16>] {
@@ -311,7 +318,9 @@ mod tests {
 
     #[test]
     fn contains_checks_every_byte_of_the_access() {
-        let g = PortGrant::new(vec![0x70..=0x71, 0x72..=0x73, 0xfffe..=0xffff]);
+        // SAFETY: the test never reaches a port (every access is refused
+        // or only `contains` is asked).
+        let g = unsafe { PortGrant::new(vec![0x70..=0x71, 0x72..=0x73, 0xfffe..=0xffff]) };
         assert!(g.contains(0x70, 1));
         assert!(g.contains(0x71, 1));
         assert!(!g.contains(0x6f, 1));
@@ -333,7 +342,9 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn refused_accesses_never_touch_the_port() {
-        let g = PortGrant::new(vec![0x70..=0x71]);
+        // SAFETY: the test never reaches a port (every access is refused
+        // or only `contains` is asked).
+        let g = unsafe { PortGrant::new(vec![0x70..=0x71]) };
         for e in [
             g.read8(0x80).unwrap_err(),
             g.read16(0x71).unwrap_err(),

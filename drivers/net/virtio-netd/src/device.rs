@@ -175,6 +175,12 @@ pub struct VirtioNet<P: Port, B: Buffer> {
     rx_idle: Vec<usize>,
     /// Buffers added to the receive ring since the last doorbell.
     rx_unkicked: usize,
+    /// Frames `receive` may still take in this round (one round: the calls
+    /// until it returns `None`; a queue's worth), so a flood cannot keep
+    /// the daemon from its requests.
+    rx_budget: usize,
+    /// The budget ran out with frames possibly left in the used ring.
+    rx_backlog: bool,
     /// Transmit ring token -> slot.
     tx_by_token: Vec<Option<usize>>,
     tx_free: Vec<usize>,
@@ -240,6 +246,8 @@ impl<P: Port, B: Buffer> VirtioNet<P, B> {
             rx_by_token: vec![None; rx_count],
             rx_idle: (0..rx_count).rev().collect(),
             rx_unkicked: 0,
+            rx_budget: rx_count,
+            rx_backlog: false,
             tx_by_token: vec![None; tx_count],
             tx_free: (0..tx_count).rev().collect(),
             tx_irq_on: true,
@@ -366,6 +374,12 @@ impl<P: Port, B: Buffer> VirtioNet<P, B> {
         Some(bytes[HDR_LEN..].to_vec())
     }
 
+    /// Whether the last round of `receive` stopped at its budget rather
+    /// than at an empty ring: the event loop should run another round.
+    pub fn rx_backlog(&self) -> bool {
+        self.rx_backlog
+    }
+
     /// Re-reads the link state after a configuration-change interrupt and
     /// logs a change. Returns the new state if it changed. An error only if
     /// the device has stopped working (DEVICE_NEEDS_RESET): nothing but a
@@ -487,7 +501,19 @@ impl<P: Port, B: Buffer> NetworkDevice for VirtioNet<P, B> {
 
     fn receive(&mut self) -> Option<Vec<u8>> {
         loop {
+            if self.rx_budget == 0 {
+                // MSI-X does not fire again for entries already used: the
+                // event loop comes back for them (`rx_backlog`) after it
+                // has served its requests.
+                self.rx_backlog = true;
+                self.rx_budget = self.rx_by_token.len();
+                self.kick_rx();
+                return None;
+            }
+            self.rx_budget -= 1;
             let Some((token, len)) = self.port.pop_used(Queue::Rx) else {
+                self.rx_backlog = false;
+                self.rx_budget = self.rx_by_token.len();
                 self.kick_rx();
                 return None;
             };

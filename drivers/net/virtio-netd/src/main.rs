@@ -10,6 +10,7 @@
 use std::io;
 use std::os::fd::AsFd;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use common::event::EventLoop;
 use log::{info, warn};
@@ -47,8 +48,16 @@ fn run() -> io::Result<()> {
     events.add(irqs.config.as_fd(), TOKEN_CONFIG_IRQ)?;
     events.add(irqs.rx.as_fd(), TOKEN_RX_IRQ)?;
     events.add(irqs.tx.as_fd(), TOKEN_TX_IRQ)?;
+    // Set when a round of receiving stopped at its budget: come back at
+    // once for the rest, after the requests that are waiting.
+    let mut backlog = false;
     loop {
-        for token in events.wait(None)? {
+        let tokens = events.wait(backlog.then_some(Duration::ZERO))?;
+        if backlog {
+            server.scheme_mut().on_irq();
+            server.wake();
+        }
+        for token in tokens {
             match token {
                 TOKEN_SCHEME => {
                     if server.process()? == Status::Unmounted {
@@ -80,5 +89,6 @@ fn run() -> io::Result<()> {
                 other => warn!("event loop: unknown token {other}"),
             }
         }
+        backlog = server.scheme().device().rx_backlog();
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! acpid finds the clock in the ACPI namespace and asks init to start
 //! `rtcd@acpi-PNP0B00-<uid>` with exactly the I/O ports of its `_CRS`
-//! (0x70-0x71 on q35), which init grants with `ioperm` before dropping to
+//! (0x70-0x77 on q35), which init grants with `ioperm` before dropping to
 //! uid `rtcd`. rtcd reads the clock only through those ports: the first
 //! granted port is the index register, the next the data register. Before
 //! it locks itself down it reads the FADT (`/scheme/acpi/tables/FACP`) for

@@ -298,6 +298,13 @@ impl<D: DescMem<RxDesc>, B: Buffer> RxRing<D, B> {
     /// Looks at the next descriptor; consumes it if the device is done.
     pub fn poll(&mut self) -> RxPoll {
         let i = self.next;
+        if i == self.published {
+            // The spare descriptor at the tail is never the device's: DD
+            // there is a stray write, not a frame (`refill` counts it when
+            // it hands the spare over). Taking it would hand the tail back
+            // to ourselves and leave the device no buffer at all.
+            return RxPoll::Empty;
+        }
         if self.desc.status(i) & rx_status::DD == 0 {
             return RxPoll::Empty;
         }
@@ -316,7 +323,9 @@ impl<D: DescMem<RxDesc>, B: Buffer> RxRing<D, B> {
             RxPoll::Dropped(RxDrop::Spanning)
         } else if d.errors & rx_error::FRAME != 0 {
             RxPoll::Dropped(RxDrop::Errors(d.errors))
-        } else if usize::from(len) < ETH_HEADER || usize::from(len) > BUF_SIZE {
+        } else if usize::from(len) < ETH_HEADER || usize::from(len) > network::MAX_FRAME {
+            // Longer than the scheme's 1514 (QEMU lets up to 1522 through
+            // with LPE clear): counted, never handed to readers.
             RxPoll::Dropped(RxDrop::BadLength(len))
         } else {
             let start = i * BUF_SIZE;
@@ -672,6 +681,36 @@ mod tests {
         assert_eq!(r.refill(), Some(1));
         assert_eq!(r.strays(), 2, "descriptor 0");
         assert_eq!(r.desc[0].status, 0);
+    }
+
+    /// A stray DD on the spare once the device has filled everything it
+    /// owns: not a frame, and the ring keeps working afterwards.
+    #[test]
+    fn rx_stray_on_the_spare_after_a_full_ring_is_not_a_frame() {
+        let mut r = rx(8);
+        for i in 0..8 {
+            device_rx(
+                &mut r,
+                i,
+                &frame(i as u8, 64),
+                rx_status::DD | rx_status::EOP,
+                0,
+            );
+        }
+        for i in 0..7 {
+            assert_eq!(r.poll(), RxPoll::Frame(frame(i as u8, 64)), "{i}");
+        }
+        assert_eq!(
+            r.poll(),
+            RxPoll::Empty,
+            "descriptor 7 was never the device's"
+        );
+        assert_eq!(r.poll(), RxPoll::Empty);
+        // Everything consumed goes back, the spare included.
+        assert_eq!(r.refill(), Some(6));
+        assert_eq!(r.strays(), 1, "the spare's DD counted once, at hand-over");
+        device_rx(&mut r, 7, &frame(9, 64), rx_status::DD | rx_status::EOP, 0);
+        assert_eq!(r.poll(), RxPoll::Frame(frame(9, 64)));
     }
 
     #[test]
