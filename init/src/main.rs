@@ -190,7 +190,7 @@ fn reap(services: &mut Services, shell: &mut Option<Pid>) {
 
 /// Stops the services in reverse start order and turns the machine off.
 /// Power-off and reboot go through acpid (`/scheme/acpi/power`: ACPI S5,
-/// or the FADT reset register), so acpid is the one service not stopped;
+/// or the FADT reset register), so acpid and what it requires are not stopped;
 /// reboot(2) is the fallback, and halt's only way.
 fn shutdown(services: &mut Services, action: Power) -> ! {
     say(&format!("{action:?}: stopping services"));
@@ -199,10 +199,14 @@ fn shutdown(services: &mut Services, action: Power) -> ! {
         Power::Reboot => Some("reboot"),
         Power::Halt => None,
     };
-    let keep = word.and_then(|_| services.scheme_owner("acpi"));
-    services.stop_all(Duration::from_secs(5), keep);
+    // acpid and what it requires (pcid) stay up for the power-off.
+    let keep = match word {
+        Some(_) => services.power_services("acpi"),
+        None => Vec::new(),
+    };
+    services.stop_all(Duration::from_secs(5), &keep);
     // Whatever is left (shell, user programs) gets SIGTERM too.
-    system::terminate_others(keep);
+    system::terminate_others(&keep);
     say("services stopped, syncing");
     rustix::fs::sync();
     if let Some(word) = word {

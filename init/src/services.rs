@@ -672,9 +672,24 @@ impl Services {
         true
     }
 
-    /// The running service that registered `scheme`, by pid.
-    pub fn scheme_owner(&self, scheme: &str) -> Option<Pid> {
-        self.owners.get(scheme).and_then(|&i| self.list[i].pid)
+    /// The pids to keep running until the power-off: the service that owns
+    /// `scheme` (acpid for `acpi`) and everything it requires, directly or
+    /// not (pcid: AML reads PCI config through it while `\_PTS`/`\_S5` run).
+    pub fn power_services(&self, scheme: &str) -> Vec<Pid> {
+        let mut todo: Vec<usize> = self.owners.get(scheme).copied().into_iter().collect();
+        let mut seen: Vec<usize> = Vec::new();
+        while let Some(i) = todo.pop() {
+            if seen.contains(&i) {
+                continue;
+            }
+            seen.push(i);
+            for name in &self.list[i].unit.requires {
+                if let Some(j) = self.list.iter().position(|s| &s.unit.name == name) {
+                    todo.push(j);
+                }
+            }
+        }
+        seen.iter().filter_map(|&i| self.list[i].pid).collect()
     }
 
     /// Running services, most recently started first: the order to stop
@@ -689,13 +704,14 @@ impl Services {
 
     /// Stops running services in reverse start order, each with SIGTERM and
     /// then SIGKILL if it has not exited within `grace`; `keep` (acpid, which
-    /// powers the machine off afterwards) is left running.
-    pub fn stop_all(&mut self, grace: Duration, keep: Option<Pid>) {
+    /// powers the machine off afterwards, and what it requires) is left
+    /// running.
+    pub fn stop_all(&mut self, grace: Duration, keep: &[Pid]) {
         for i in self.stop_order() {
             let Some(pid) = self.list[i].pid else {
                 continue;
             };
-            if Some(pid) == keep {
+            if keep.contains(&pid) {
                 say(&format!(
                     "keeping {} for the power-off",
                     self.list[i].unit.name
@@ -911,24 +927,35 @@ mod tests {
     }
 
     #[test]
-    fn stop_all_keeps_the_power_service() {
+    fn stop_all_keeps_the_power_service_and_what_it_requires() {
         let mut s = table();
+        s.list[1].unit.requires = vec!["pcid".into()];
+        s.owners.insert("acpi".into(), 1);
+        s.list
+            .push(Service::new(s.templates["rtcd"].instantiate("x", &[], &[])));
         let mut children = Vec::new();
-        for (i, started) in [(0, 1), (1, 2)] {
+        for (i, started) in [(0, 1), (1, 2), (2, 3)] {
             let child = Command::new("sleep").arg("30").spawn().unwrap();
             s.list[i].pid = Some(Pid::from_child(&child));
             s.list[i].started = started;
             s.list[i].state = State::Ready;
             children.push(child);
         }
-        let keep = s.list[1].pid;
-        s.stop_all(Duration::from_secs(5), keep);
-        assert_eq!(s.list[0].pid, None, "pcid was stopped and reaped");
-        assert_eq!(s.list[0].state, State::Exited);
-        assert_eq!(s.list[1].pid, keep, "acpid was kept");
-        let mut kept = children.pop().unwrap();
-        assert!(kept.try_wait().unwrap().is_none(), "acpid is still running");
-        kept.kill().unwrap();
-        kept.wait().unwrap();
+        let keep = s.power_services("acpi");
+        assert_eq!(keep.len(), 2, "acpid and pcid");
+        s.stop_all(Duration::from_secs(5), &keep);
+        assert_eq!(s.list[2].pid, None, "rtcd was stopped and reaped");
+        assert_eq!(s.list[2].state, State::Exited);
+        for (i, name) in [(0, "pcid"), (1, "acpid")] {
+            assert!(s.list[i].pid.is_some(), "{name} was kept");
+            let mut kept = children.remove(0);
+            assert!(
+                kept.try_wait().unwrap().is_none(),
+                "{name} is still running"
+            );
+            kept.kill().unwrap();
+            kept.wait().unwrap();
+        }
+        assert!(s.power_services("nothing").is_empty());
     }
 }

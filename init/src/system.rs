@@ -175,8 +175,8 @@ pub fn drop_capabilities() -> std::io::Result<()> {
 
 /// Sends SIGTERM to every process except init itself and `keep`: what is
 /// left after the services (the shell, user programs).
-pub fn terminate_others(keep: Option<rustix::process::Pid>) {
-    let keep = keep.map(|p| p.as_raw_nonzero().get());
+pub fn terminate_others(keep: &[rustix::process::Pid]) {
+    let keep: Vec<i32> = keep.iter().map(|p| p.as_raw_nonzero().get()).collect();
     let Ok(dir) = fs::read_dir("/proc") else {
         return;
     };
@@ -188,7 +188,7 @@ pub fn terminate_others(keep: Option<rustix::process::Pid>) {
         else {
             continue;
         };
-        if pid <= 1 || Some(pid) == keep {
+        if pid <= 1 || keep.contains(&pid) {
             continue;
         }
         // Kernel threads ignore it; a process gone meanwhile is fine.

@@ -146,8 +146,9 @@ fn rtcd_time_privileges_and_poweroff() -> lab::Result<()> {
     assert!(rtc.trim().is_empty(), "a kernel RTC driver is bound: {rtc}");
 
     // poweroff: services stop in reverse start order (rtcd, started by
-    // acpid, before pcid, which acpid required), acpid is kept and enters
-    // S5; QEMU exits by itself, without init's reboot(2) fallback.
+    // acpid late, before fifo, started at boot); acpid and pcid, which it
+    // requires (AML reads PCI config through it), are kept and acpid
+    // enters S5; QEMU exits by itself, without init's reboot(2) fallback.
     let from = vm.console().len();
     // Not `Vm::poweroff`, which consumes the VM: the console is checked
     // afterwards. The agent is stopped during shutdown and may not answer.
@@ -166,9 +167,14 @@ fn rtcd_time_privileges_and_poweroff() -> lab::Result<()> {
         tail.contains("init: keeping acpid for the power-off"),
         "{tail}"
     );
+    assert!(
+        tail.contains("init: keeping pcid for the power-off"),
+        "{tail}"
+    );
     assert!(!tail.contains("init: stopping acpid"), "{tail}");
+    assert!(!tail.contains("init: stopping pcid"), "{tail}");
     let pos = |s: &str| tail.find(s).ok_or_else(|| format!("{s:?} not in\n{tail}"));
-    assert!(pos(&format!("init: stopping {RTCD}"))? < pos("init: stopping pcid")?);
+    assert!(pos(&format!("init: stopping {RTCD}"))? < pos("init: stopping fifo")?);
     Ok(())
 }
 
