@@ -785,7 +785,14 @@ impl AmlWorker {
                     errors: aml.load_errors.clone(),
                 });
                 while let Ok(job) = rx.recv() {
-                    job(&mut aml);
+                    // A panic in our own rendering or walking code (the
+                    // interpreter calls are wrapped already) ends this job
+                    // only: its reply channel drops, and `call` sees that.
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut aml)))
+                        .is_err()
+                    {
+                        break;
+                    }
                 }
             });
         if let Err(e) = spawned {
@@ -843,7 +850,15 @@ impl AmlWorker {
         }
         match rx.recv_timeout(self.call_timeout) {
             Ok(r) => Ok(r),
-            Err(_) => {
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                // The job panicked and the thread ended (not stuck: nothing
+                // to deprioritise or count); a fresh interpreter takes over.
+                log::error!("AML: a request panicked in acpid; reloading the interpreter");
+                self.jobs = None;
+                self.spawn();
+                Err(EvalError::Panicked("acpid's AML request panicked".into()))
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
                 self.abandoned += 1;
                 log::error!(
                     "AML: an evaluation did not finish in {:?}; abandoning its thread ({} of {MAX_ABANDONED})",

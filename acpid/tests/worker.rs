@@ -123,3 +123,23 @@ fn corrupted_aml_never_escapes_as_a_panic() {
     eprintln!("{runs} corrupted DSDTs: {failed} with load errors, {hung} hung");
     assert!(runs >= 10);
 }
+
+/// A panic in acpid's own code on the AML thread is reported as such, is
+/// not counted as a hang, and a fresh interpreter answers the next call.
+#[test]
+fn a_panicking_request_is_not_a_hang_and_the_next_call_works() {
+    let tables = with_ssdt(&method(b"ZOK3", &[0x0a, 0x2a])); // Return (42)
+    let mut w = AmlWorker::start(
+        Recorder::new(grant()),
+        &tables,
+        Duration::from_secs(20),
+        Duration::from_secs(20),
+    );
+    assert!(w.disabled().is_none());
+    let r: Result<(), EvalError> = w.call(|_aml| panic!("a bug in a request"));
+    assert!(matches!(r, Err(EvalError::Panicked(_))), "{r:?}");
+    assert_eq!(w.abandoned(), 0, "a panic is not a hung thread");
+    let ok = || name("\\ZOK3");
+    let v = w.call(move |aml| aml.evaluate(&ok(), vec![]).map(|v| v.as_integer().ok()));
+    assert!(matches!(v, Ok(Ok(Some(42)))), "{v:?}");
+}
