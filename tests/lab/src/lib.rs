@@ -287,10 +287,27 @@ fn connect(path: &Path, deadline: Instant, child: &mut Child) -> Result<UnixStre
     }
 }
 
+/// A boot whose console stays empty this long never reached the kernel's
+/// console, let alone any of our code: QEMU or the firmware stuck at start
+/// under TCG (seen once in many runs, with a busy host). Such a boot is
+/// retried once, and the retry is reported; any later failure is not.
+const SILENT_BOOT: Duration = Duration::from_secs(45);
+const SILENT_MARK: &str = "QEMU's console stayed empty";
+
 impl Vm {
     /// Boots a guest and waits (bounded) until init reports every service
     /// ready and the agent answers.
     pub fn boot(cfg: Config) -> Result<Vm> {
+        match Vm::boot_once(cfg.clone(), true) {
+            Err(e) if e.starts_with(SILENT_MARK) => {
+                eprintln!("lab: {}: {e}; retrying the boot once", cfg.name);
+                Vm::boot_once(cfg, false)
+            }
+            other => other,
+        }
+    }
+
+    fn boot_once(cfg: Config, retry_silence: bool) -> Result<Vm> {
         let image = image_dir();
         let dir = unique_dir(&cfg.name)?;
         let initrd = if cfg.files.is_empty() {
@@ -379,6 +396,12 @@ impl Vm {
             dir,
             boot_wall: 0.0,
         };
+        if retry_silence {
+            let first_line = vm.wait_console("\n", SILENT_BOOT);
+            if first_line.is_err() && vm.console().is_empty() {
+                return Err(format!("{SILENT_MARK} for {} s", SILENT_BOOT.as_secs()));
+            }
+        }
         vm.wait_console(
             READY_BANNER,
             deadline.saturating_duration_since(Instant::now()),
