@@ -43,6 +43,22 @@ pub use pci::{DeviceConfig, VirtioPci};
 pub use queue::VirtQueue;
 pub use ring::{RingLayout, SplitRing};
 
+/// Memory the device reaches at `iova()`: a driver's bounce or receive
+/// buffer. `Dma<[u8]>` in the daemon; `testing::TestBuf` in host tests.
+pub trait Buffer {
+    fn iova(&self) -> u64;
+    fn bytes(&mut self) -> &mut [u8];
+}
+
+impl Buffer for common::dma::Dma<[u8]> {
+    fn iova(&self) -> u64 {
+        common::dma::Dma::iova(self)
+    }
+    fn bytes(&mut self) -> &mut [u8] {
+        self
+    }
+}
+
 /// A started virtio device: DRIVER_OK has been set.
 ///
 /// Field order matters for drop: the transport resets the device before

@@ -3,7 +3,9 @@
 //! produces used entries, written from the spec.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::cell::RefCell;
 use std::ptr::NonNull;
+use std::rc::Rc;
 
 use crate::ring::{RingLayout, RingMemory, SplitRing};
 use crate::spec::ring::{AVAIL_F_NO_INTERRUPT, DESC_F_NEXT, DESC_F_WRITE, USED_F_NO_NOTIFY};
@@ -160,5 +162,97 @@ impl SimDevice {
 
     pub fn set_no_notify(&self, on: bool) {
         self.w16(self.layout.used, if on { USED_F_NO_NOTIFY } else { 0 });
+    }
+}
+
+/// A driver buffer in a host test: heap memory at a made-up IOVA.
+pub struct TestBuf {
+    mem: Vec<u8>,
+    iova: u64,
+}
+
+impl crate::Buffer for TestBuf {
+    fn iova(&self) -> u64 {
+        self.iova
+    }
+    fn bytes(&mut self) -> &mut [u8] {
+        &mut self.mem
+    }
+}
+
+/// The simulated device's view of the buffers a driver allocated: hands
+/// out [`TestBuf`]s at distinct IOVAs (a guard page apart) and lets the
+/// device read and write them by IOVA, as DMA would.
+#[derive(Clone)]
+pub struct BufferMap(Rc<RefCell<Buffers>>);
+
+/// One buffer handed out: where the device sees it, where it lives.
+struct Region {
+    iova: u64,
+    host: *mut u8,
+    len: usize,
+}
+
+struct Buffers {
+    regions: Vec<Region>,
+    next_iova: u64,
+}
+
+impl Default for BufferMap {
+    fn default() -> BufferMap {
+        BufferMap(Rc::new(RefCell::new(Buffers {
+            regions: Vec::new(),
+            next_iova: 0x1_0000_0000,
+        })))
+    }
+}
+
+impl BufferMap {
+    pub fn new() -> BufferMap {
+        BufferMap::default()
+    }
+
+    /// A zeroed buffer of `len` bytes, the drivers' allocator in tests.
+    pub fn alloc(&self, len: usize) -> std::io::Result<TestBuf> {
+        let mut mem = vec![0u8; len];
+        let mut b = self.0.borrow_mut();
+        let iova = b.next_iova;
+        b.next_iova += (len as u64).next_multiple_of(4096) + 4096;
+        // The Vec's heap block does not move when the Vec does.
+        b.regions.push(Region {
+            iova,
+            host: mem.as_mut_ptr(),
+            len,
+        });
+        Ok(TestBuf { mem, iova })
+    }
+
+    /// The host address of `len` bytes at `iova`; panics (failing the test)
+    /// if the device would touch memory no buffer covers.
+    pub fn host(&self, iova: u64, len: usize) -> *mut u8 {
+        for r in &self.0.borrow().regions {
+            if iova >= r.iova && iova + len as u64 <= r.iova + r.len as u64 {
+                // SAFETY: inside a live allocation of `r.len` bytes.
+                return unsafe { r.host.add((iova - r.iova) as usize) };
+            }
+        }
+        panic!("device access to unmapped IOVA {iova:#x}+{len}");
+    }
+
+    /// What the device reads from descriptor `d`.
+    pub fn read(&self, d: &Desc) -> Vec<u8> {
+        let p = self.host(d.addr, d.len as usize);
+        // SAFETY: `host` checked the range lies in a driver buffer, which
+        // the driver does not touch while the device holds it.
+        unsafe { std::slice::from_raw_parts(p, d.len as usize).to_vec() }
+    }
+
+    /// The device writes `data` into descriptor `d`.
+    pub fn write(&self, d: &Desc, data: &[u8]) {
+        assert!(d.writable, "device wrote a read-only descriptor");
+        assert!(data.len() <= d.len as usize);
+        let p = self.host(d.addr, data.len());
+        // SAFETY: as in `read`.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) }
     }
 }

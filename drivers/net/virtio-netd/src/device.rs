@@ -39,7 +39,7 @@ use common::dma::Dma;
 use common::irq::Irq;
 use pcid_interface::PciFunctionHandle;
 use virtio_core::spec::{bit, status};
-use virtio_core::{VirtQueue, VirtioDevice, VirtioPci};
+use virtio_core::{Buffer, VirtQueue, VirtioDevice, VirtioPci};
 
 /// Virtio device type of a network device.
 pub const DEVICE_TYPE: u16 = 1;
@@ -130,21 +130,6 @@ pub trait Port {
     /// Asks for interrupts from `q` or not (a hint; includes a full
     /// barrier, see `SplitRing::set_interrupts`).
     fn set_interrupts(&mut self, q: Queue, on: bool);
-}
-
-/// Memory the device reaches at `iova()`.
-pub trait Buffer {
-    fn iova(&self) -> u64;
-    fn bytes(&mut self) -> &mut [u8];
-}
-
-impl Buffer for Dma<[u8]> {
-    fn iova(&self) -> u64 {
-        Dma::iova(self)
-    }
-    fn bytes(&mut self) -> &mut [u8] {
-        self
-    }
 }
 
 /// Counts an error and logs it, but only the 1st, 2nd, 4th, 8th, …

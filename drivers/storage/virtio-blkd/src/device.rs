@@ -25,7 +25,7 @@ use common::dma::Dma;
 use common::irq::Irq;
 use pcid_interface::PciFunctionHandle;
 use virtio_core::spec::bit;
-use virtio_core::{VirtQueue, VirtioDevice, VirtioPci};
+use virtio_core::{Buffer, VirtQueue, VirtioDevice, VirtioPci};
 
 /// Virtio device type of a block device.
 pub const DEVICE_TYPE: u16 = 2;
@@ -146,21 +146,6 @@ pub trait Port {
     fn queue_size(&self) -> u16;
     fn features(&self) -> u64;
     fn read_config(&self) -> io::Result<BlkConfig>;
-}
-
-/// Memory the device reaches at `iova()`.
-pub trait Buffer {
-    fn iova(&self) -> u64;
-    fn bytes(&mut self) -> &mut [u8];
-}
-
-impl Buffer for common::dma::Dma<[u8]> {
-    fn iova(&self) -> u64 {
-        common::dma::Dma::iova(self)
-    }
-    fn bytes(&mut self) -> &mut [u8] {
-        self
-    }
 }
 
 /// Request geometry derived from the features and configuration.

@@ -11,7 +11,7 @@ use network::NetworkScheme;
 use scheme::{CallerCtx, Scheme};
 use syscall::error::{EAGAIN, EINVAL};
 use syscall::flag::{O_RDONLY, O_RDWR};
-use virtio_core::testing::{ring, Desc, HostMem, SimDevice};
+use virtio_core::testing::{ring, BufferMap, Desc, HostMem, SimDevice, TestBuf};
 use virtio_core::SplitRing;
 
 use super::*;
@@ -88,29 +88,12 @@ impl Port for TestPort {
 }
 
 /// Host memory posing as DMA memory at a made-up IOVA.
-struct TestBuf {
-    mem: Vec<u8>,
-    iova: u64,
-}
-
-impl Buffer for TestBuf {
-    fn iova(&self) -> u64 {
-        self.iova
-    }
-    fn bytes(&mut self) -> &mut [u8] {
-        &mut self.mem
-    }
-}
-
-/// (iova, host pointer, length) of every buffer the driver allocated.
-type Regions = Rc<RefCell<Vec<(u64, *mut u8, usize)>>>;
-
 const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x06];
 
 struct Sim {
     rx: SimDevice,
     tx: Rc<RefCell<SimDevice>>,
-    regions: Regions,
+    bufs: BufferMap,
     /// Receive buffers the device holds, oldest first: (head, descs).
     rx_bufs: VecDeque<(u16, Vec<Desc>)>,
     /// Transmit chains taken but not completed.
@@ -123,31 +106,6 @@ struct Sim {
 }
 
 impl Sim {
-    fn host(&self, iova: u64, len: usize) -> *mut u8 {
-        for &(base, ptr, size) in self.regions.borrow().iter() {
-            if iova >= base && iova + len as u64 <= base + size as u64 {
-                // SAFETY: inside a live allocation of `size` bytes.
-                return unsafe { ptr.add((iova - base) as usize) };
-            }
-        }
-        panic!("device access to unmapped IOVA {iova:#x}+{len}");
-    }
-
-    fn read(&self, d: &Desc) -> Vec<u8> {
-        let p = self.host(d.addr, d.len as usize);
-        // SAFETY: `host` checked the range lies in a driver buffer, which
-        // the driver does not touch while the device holds it.
-        unsafe { std::slice::from_raw_parts(p, d.len as usize).to_vec() }
-    }
-
-    fn write(&self, d: &Desc, data: &[u8]) {
-        assert!(d.writable, "device wrote a read-only descriptor");
-        assert!(data.len() <= d.len as usize);
-        let p = self.host(d.addr, data.len());
-        // SAFETY: as in `read`.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) }
-    }
-
     /// Takes the receive buffers made available since the last call.
     fn fetch_rx(&mut self) {
         for (head, descs) in self.rx.fetch() {
@@ -163,7 +121,7 @@ impl Sim {
     fn deliver_raw(&mut self, bytes: &[u8], len: u32) {
         self.fetch_rx();
         let (head, descs) = self.rx_bufs.pop_front().expect("no receive buffer");
-        self.write(&descs[0], bytes);
+        self.bufs.write(&descs[0], bytes);
         self.rx.complete(u32::from(head), len);
     }
 
@@ -183,7 +141,7 @@ impl Sim {
         for (head, descs) in chains {
             assert_eq!(descs.len(), 1, "header and frame in one descriptor");
             assert!(!descs[0].writable);
-            let bytes = self.read(&descs[0]);
+            let bytes = self.bufs.read(&descs[0]);
             assert!(bytes.len() >= HDR_LEN);
             assert_eq!(&bytes[..HDR_LEN], &[0u8; HDR_LEN], "header not zero");
             out.push(bytes[HDR_LEN..].to_vec());
@@ -229,20 +187,12 @@ fn setup_with(features: u64, status: u16, rx_size: u16, tx_size: u16) -> io::Res
         tx_dev: sim_tx.clone(),
         complete_on_tx_irq: complete_on_tx_irq.clone(),
     };
-    let regions: Regions = Rc::new(RefCell::new(Vec::new()));
-    let regions2 = regions.clone();
-    let mut next_iova = 0x1_0000_0000u64;
-    let nic = VirtioNet::new(port, |len| {
-        let mut mem = vec![0u8; len];
-        let iova = next_iova;
-        next_iova += (len as u64).next_multiple_of(4096) + 4096;
-        regions2.borrow_mut().push((iova, mem.as_mut_ptr(), len));
-        Ok(TestBuf { mem, iova })
-    })?;
+    let bufs = BufferMap::new();
+    let nic = VirtioNet::new(port, |len| bufs.alloc(len))?;
     let sim = Sim {
         rx: sim_rx,
         tx: sim_tx,
-        regions,
+        bufs,
         rx_bufs: VecDeque::new(),
         tx_taken: Vec::new(),
         config,
@@ -289,7 +239,7 @@ fn receive_ring_is_full_at_start() {
         assert!(w[1] - w[0] >= BUF_SIZE as u64, "{addrs:x?}");
     }
     for a in &addrs {
-        sim.host(*a, BUF_SIZE);
+        sim.bufs.host(*a, BUF_SIZE);
     }
     assert_eq!(nic.errors(), DeviceErrors::default());
 }

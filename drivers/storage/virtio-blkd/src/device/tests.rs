@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use syscall::error::{EAGAIN, EINVAL, EIO, EOPNOTSUPP, EROFS};
-use virtio_core::testing::{ring, Desc, HostMem, SimDevice};
+use virtio_core::testing::{ring, BufferMap, Desc, HostMem, SimDevice, TestBuf};
 use virtio_core::SplitRing;
 
 use super::*;
@@ -40,20 +40,6 @@ impl Port for TestPort {
 }
 
 /// Host memory posing as DMA memory at a made-up IOVA.
-struct TestBuf {
-    mem: Vec<u8>,
-    iova: u64,
-}
-
-impl Buffer for TestBuf {
-    fn iova(&self) -> u64 {
-        self.iova
-    }
-    fn bytes(&mut self) -> &mut [u8] {
-        &mut self.mem
-    }
-}
-
 /// What the simulated device does with the next requests.
 #[derive(Clone, Copy, PartialEq)]
 enum Behaviour {
@@ -64,12 +50,9 @@ enum Behaviour {
     Unsupported,
 }
 
-/// (iova, host pointer, length) of every buffer the driver allocated.
-type Regions = Rc<RefCell<Vec<(u64, *mut u8, usize)>>>;
-
 struct Sim {
     dev: SimDevice,
-    regions: Regions,
+    bufs: BufferMap,
     disk: Vec<u8>,
     serial: Vec<u8>,
     behaviour: Behaviour,
@@ -80,31 +63,6 @@ struct Sim {
 }
 
 impl Sim {
-    fn host(&self, iova: u64, len: usize) -> *mut u8 {
-        for &(base, ptr, size) in self.regions.borrow().iter() {
-            if iova >= base && iova + len as u64 <= base + size as u64 {
-                // SAFETY: inside a live allocation of `size` bytes.
-                return unsafe { ptr.add((iova - base) as usize) };
-            }
-        }
-        panic!("device access to unmapped IOVA {iova:#x}+{len}");
-    }
-
-    fn read(&self, d: &Desc) -> Vec<u8> {
-        let p = self.host(d.addr, d.len as usize);
-        // SAFETY: `host` checked the range lies in a driver buffer, which
-        // the driver does not touch while the request is in flight.
-        unsafe { std::slice::from_raw_parts(p, d.len as usize).to_vec() }
-    }
-
-    fn write(&self, d: &Desc, data: &[u8]) {
-        assert!(d.writable, "device wrote a read-only descriptor");
-        assert!(data.len() <= d.len as usize);
-        let p = self.host(d.addr, data.len());
-        // SAFETY: as in `read`.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) }
-    }
-
     /// Takes every available request and executes it (completion comes
     /// later, in `complete`).
     fn fetch(&mut self) {
@@ -114,7 +72,7 @@ impl Sim {
             let status = &descs[descs.len() - 1];
             assert!(!header.writable && header.len == 16);
             assert!(status.writable && status.len == 1);
-            let h = self.read(header);
+            let h = self.bufs.read(header);
             let kind = u32::from_le_bytes(h[0..4].try_into().unwrap());
             let sector = u64::from_le_bytes(h[8..16].try_into().unwrap());
             let data = &descs[1..descs.len() - 1];
@@ -129,7 +87,7 @@ impl Sim {
                     } else {
                         for d in data {
                             let chunk = self.disk[off..off + d.len as usize].to_vec();
-                            self.write(d, &chunk);
+                            self.bufs.write(d, &chunk);
                             off += d.len as usize;
                             written += d.len;
                         }
@@ -141,7 +99,7 @@ impl Sim {
                     let mut ok = true;
                     for d in data {
                         assert!(!d.writable);
-                        let bytes = self.read(d);
+                        let bytes = self.bufs.read(d);
                         if off + bytes.len() > self.disk.len() {
                             ok = false;
                             break;
@@ -164,14 +122,14 @@ impl Sim {
                     assert_eq!(data[0].len as usize, ID_BYTES);
                     let mut id = self.serial.clone();
                     id.resize(ID_BYTES, 0);
-                    self.write(&data[0], &id);
+                    self.bufs.write(&data[0], &id);
                     written += ID_BYTES as u32;
                     status::OK
                 }
                 _ => status::UNSUPP,
             };
             if self.behaviour != Behaviour::Silent {
-                self.write(status, &[st]);
+                self.bufs.write(status, &[st]);
                 written += 1;
             }
             self.ready.push((head, written));
@@ -212,23 +170,14 @@ fn setup(features: u64, config: BlkConfig, queue: u16) -> Setup {
         config: config.clone(),
         kicks: kicks.clone(),
     };
-    let regions = Rc::new(RefCell::new(Vec::new()));
-    let mut next_iova = 0x1_0000_0000u64;
-    let regions2 = regions.clone();
-    let blk = VirtioBlk::new(port, |len| {
-        let mut mem = vec![0u8; len];
-        let iova = next_iova;
-        next_iova += (len as u64).next_multiple_of(4096) + 4096;
-        regions2.borrow_mut().push((iova, mem.as_mut_ptr(), len));
-        Ok(TestBuf { mem, iova })
-    })
-    .unwrap();
+    let bufs = BufferMap::new();
+    let blk = VirtioBlk::new(port, |len| bufs.alloc(len)).unwrap();
     let disk: Vec<u8> = (0..config.borrow().capacity as usize * 512)
         .map(|i| (i * 7 + i / 512) as u8)
         .collect();
     let sim = Sim {
         dev,
-        regions,
+        bufs,
         disk,
         serial: b"virtio-test-serial".to_vec(),
         behaviour: Behaviour::Normal,
