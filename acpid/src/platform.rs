@@ -34,6 +34,7 @@ use std::io;
 use std::ops::RangeInclusive;
 use std::path::Path;
 
+use daemon::config::RuleCommand;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -120,35 +121,11 @@ fn sanitize(s: &str) -> String {
 /// One `[[drivers]]` entry of `/etc/acpid.d/*.toml`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
-    /// The file it came from and the line of its table (for logs).
-    pub file: String,
-    pub line: usize,
-    pub name: Option<String>,
+    /// Where it is written, its name, the driver to start.
+    pub driver: RuleCommand,
     /// ACPI ids (`PNP0B00`, `ACPI0010`) and/or devicetree `compatible`
     /// strings (`motorola,mc146818`). Never empty.
     pub ids: Vec<String>,
-    /// The driver's init template unit, then its arguments. Never empty.
-    pub command: Vec<String>,
-}
-
-impl Rule {
-    /// The init template unit that runs the driver.
-    pub fn unit(&self) -> &str {
-        self.command.first().map_or("", String::as_str)
-    }
-
-    /// Arguments after the unit name.
-    pub fn args(&self) -> &[String] {
-        self.command.get(1..).unwrap_or(&[])
-    }
-
-    /// How logs name the rule: `"rtc" (rtc.toml:3)`.
-    pub fn describe(&self) -> String {
-        match &self.name {
-            Some(n) => format!("{n:?} ({}:{})", self.file, self.line),
-            None => format!("{}:{}", self.file, self.line),
-        }
-    }
 }
 
 #[derive(Deserialize)]
@@ -224,11 +201,13 @@ pub fn parse_rules(file: &str, text: &str) -> Result<Vec<Rule>, String> {
             }
         };
         rules.push(Rule {
-            file: file.to_owned(),
-            line: daemon::config::line_of(text, pos),
-            name: r.name,
+            driver: RuleCommand {
+                file: file.to_owned(),
+                line: daemon::config::line_of(text, pos),
+                name: r.name,
+                command,
+            },
             ids,
-            command,
         });
     }
     Ok(rules)
@@ -304,16 +283,16 @@ pub fn start_drivers(
         let Some(rule) = match_rule(rules, &device.ids()) else {
             continue;
         };
-        let mut args: Vec<String> = rule.args().to_vec();
+        let mut args: Vec<String> = rule.driver.args().to_vec();
         args.extend(mem_args(device));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         log::debug!(
             "{}: rule {} starts {}@{instance}",
             device.path,
-            rule.describe(),
-            rule.unit()
+            rule.driver.describe(),
+            rule.driver.unit()
         );
-        let r = daemon.spawn_with_ioports(rule.unit(), &instance, &args, &[], &device.io);
+        let r = daemon.spawn_with_ioports(rule.driver.unit(), &instance, &args, &[], &device.io);
         results.push((instance, r));
     }
     results

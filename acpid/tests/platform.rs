@@ -56,12 +56,15 @@ fn rules_parse_and_report_lines() {
          command = [\"rtcd\", \"-v\"]\n\n[[drivers]]\nids = [\"PNP0501\"]\ncommand = [\"uartd\"]\n",
     );
     assert_eq!(r.len(), 2);
-    assert_eq!((r[0].file.as_str(), r[0].line), ("t.toml", 2));
-    assert_eq!(r[0].name.as_deref(), Some("rtc"));
+    assert_eq!((r[0].driver.file.as_str(), r[0].driver.line), ("t.toml", 2));
+    assert_eq!(r[0].driver.name.as_deref(), Some("rtc"));
     assert_eq!(r[0].ids, ["PNP0B00", "motorola,mc146818"]);
-    assert_eq!((r[0].unit(), r[0].args()), ("rtcd", &["-v".to_owned()][..]));
-    assert_eq!(r[0].describe(), "\"rtc\" (t.toml:2)");
-    assert_eq!(r[1].describe(), "t.toml:7");
+    assert_eq!(
+        (r[0].driver.unit(), r[0].driver.args()),
+        ("rtcd", &["-v".to_owned()][..])
+    );
+    assert_eq!(r[0].driver.describe(), "\"rtc\" (t.toml:2)");
+    assert_eq!(r[1].driver.describe(), "t.toml:7");
     assert_eq!(parse_rules("e.toml", "# nothing\n"), Ok(vec![]));
 
     let cases: &[(&str, usize, &str)] = &[
@@ -103,7 +106,7 @@ fn the_most_specific_id_picks_the_rule() {
          [[drivers]]\nids = [\"lab,fast-uart\"]\ncommand = [\"fast-uart\"]\n\
          [[drivers]]\nids = [\"ns16550a\", \"PNP0501\"]\ncommand = [\"never\"]\n",
     );
-    let unit = |ids: &[&str]| match_rule(&r, ids).map(Rule::unit);
+    let unit = |ids: &[&str]| match_rule(&r, ids).map(|r| r.driver.unit());
     assert_eq!(unit(&["lab,fast-uart", "ns16550a"]), Some("fast-uart"));
     assert_eq!(unit(&["ns16550a"]), Some("generic-uart"), "first rule wins");
     assert_eq!(unit(&["PNP0501"]), Some("never"));
@@ -134,10 +137,13 @@ fn rule_files_load_in_name_order_and_bad_ones_are_skipped() {
     .unwrap();
     std::fs::write(dir.join("README"), "not a rule file").unwrap();
     let (r, errors) = load_rules(&dir);
-    assert_eq!(r.iter().map(Rule::unit).collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(
+        r.iter().map(|r| r.driver.unit()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(errors[0].starts_with("c.toml:4: "), "{errors:?}");
-    assert_eq!(match_rule(&r, &["X"]).map(Rule::unit), Some("a"));
+    assert_eq!(match_rule(&r, &["X"]).map(|r| r.driver.unit()), Some("a"));
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(load_rules(&dir), (vec![], vec![]), "no directory, no rules");
 }
@@ -148,7 +154,11 @@ fn shipped_rules_start_rtcd_for_the_cmos_clock() {
     let (r, errors) = load_rules(&manifest_dir().join("../initfs/etc/acpid.d"));
     assert!(errors.is_empty(), "{errors:?}");
     for id in ["PNP0B00", "motorola,mc146818"] {
-        assert_eq!(match_rule(&r, &[id]).map(Rule::unit), Some("rtcd"), "{id}");
+        assert_eq!(
+            match_rule(&r, &[id]).map(|r| r.driver.unit()),
+            Some("rtcd"),
+            "{id}"
+        );
     }
 }
 
@@ -339,7 +349,7 @@ fn devicetree_devices_match_the_same_rules() {
     assert!(errors.is_empty(), "{errors:?}");
     let rtc = find(&devices, "/soc@fe000000/rtc@70");
     assert_eq!(
-        match_rule(&shipped, &rtc.ids()).map(Rule::unit),
+        match_rule(&shipped, &rtc.ids()).map(|r| r.driver.unit()),
         Some("rtcd")
     );
 
@@ -349,7 +359,7 @@ fn devicetree_devices_match_the_same_rules() {
     );
     let uart = find(&devices, "/soc@fe000000/uart@1000");
     assert_eq!(
-        match_rule(&r, &uart.ids()).map(Rule::unit),
+        match_rule(&r, &uart.ids()).map(|r| r.driver.unit()),
         Some("fast-uartd")
     );
 

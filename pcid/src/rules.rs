@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::Path;
 
+use daemon::config::RuleCommand;
 use pci_types::PciAddress;
 use serde::Deserialize;
 use toml::Spanned;
@@ -31,10 +32,8 @@ use crate::config::ParsedConfig;
 /// One `[[drivers]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
-    /// The file it came from (its name) and the line of its table.
-    pub file: String,
-    pub line: usize,
-    pub name: Option<String>,
+    /// Where it is written, its name, the driver to start.
+    pub driver: RuleCommand,
     pub class: Option<u8>,
     pub subclass: Option<u8>,
     pub interface: Option<u8>,
@@ -42,8 +41,6 @@ pub struct Rule {
     pub device: Option<u16>,
     /// vendor → accepted device ids.
     pub ids: Option<BTreeMap<u16, BTreeSet<u16>>>,
-    /// Never empty: the driver's init unit, then its arguments.
-    pub command: Vec<String>,
 }
 
 impl Rule {
@@ -61,26 +58,6 @@ impl Rule {
                 ids.get(&f.vendor)
                     .is_some_and(|devices| devices.contains(&f.device))
             })
-    }
-
-    /// The init unit that runs the driver (a template: started as
-    /// `UNIT@pci-…`).
-    pub fn unit(&self) -> &str {
-        // `command` is checked non-empty when the rule is parsed.
-        self.command.first().map_or("", String::as_str)
-    }
-
-    /// Arguments for the driver after the unit name.
-    pub fn args(&self) -> &[String] {
-        self.command.get(1..).unwrap_or(&[])
-    }
-
-    /// How logs name the rule.
-    pub fn describe(&self) -> String {
-        match &self.name {
-            Some(n) => format!("{n:?} ({}:{})", self.file, self.line),
-            None => format!("{}:{}", self.file, self.line),
-        }
     }
 }
 
@@ -185,16 +162,18 @@ pub fn parse_rules(file: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
             }
         };
         rules.push(Rule {
-            file: file.to_owned(),
-            line: daemon::config::line_of(text, pos),
-            name: r.name,
+            driver: RuleCommand {
+                file: file.to_owned(),
+                line: daemon::config::line_of(text, pos),
+                name: r.name,
+                command,
+            },
             class: r.class,
             subclass: r.subclass,
             interface: r.interface,
             vendor: r.vendor,
             device: r.device,
             ids,
-            command,
         });
     }
     Ok(rules)
@@ -292,9 +271,9 @@ mod tests {
              device = 0x1042\n\
              ids = { 0x1af4 = [0x1001, 0x1042], \"8086\" = [0x100e], 0X10ec = [] }\n\
              command = [\"virtio-blkd\", \"--queue\", \"2\"]\n");
-        assert_eq!(r.file, "t.toml");
-        assert_eq!(r.line, 2);
-        assert_eq!(r.name.as_deref(), Some("virtio-blk"));
+        assert_eq!(r.driver.file, "t.toml");
+        assert_eq!(r.driver.line, 2);
+        assert_eq!(r.driver.name.as_deref(), Some("virtio-blk"));
         assert_eq!(
             (r.class, r.subclass, r.interface),
             (Some(1), Some(0), Some(0))
@@ -304,8 +283,8 @@ mod tests {
         assert_eq!(ids[&0x1af4], BTreeSet::from([0x1001, 0x1042]));
         assert_eq!(ids[&0x8086], BTreeSet::from([0x100e]));
         assert!(ids[&0x10ec].is_empty());
-        assert_eq!(r.unit(), "virtio-blkd");
-        assert_eq!(r.args(), ["--queue", "2"]);
+        assert_eq!(r.driver.unit(), "virtio-blkd");
+        assert_eq!(r.driver.args(), ["--queue", "2"]);
     }
 
     #[test]
@@ -360,7 +339,7 @@ mod tests {
         let (rules, errors) = load_rules(&dir);
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(rules.len(), 4);
-        let pick = |f: &ParsedConfig| find_rule(&rules, f).map(|r| r.unit().to_owned());
+        let pick = |f: &ParsedConfig| find_rule(&rules, f).map(|r| r.driver.unit().to_owned());
         assert_eq!(
             pick(&function(0x1af4, 0x1042, 1, 0, 0)).as_deref(),
             Some("virtio-blkd")
@@ -374,7 +353,7 @@ mod tests {
             Some("generic-storage")
         );
         assert_eq!(pick(&function(0x1234, 0x1111, 2, 0, 0)), None);
-        assert_eq!(rules[1].line, 5);
+        assert_eq!(rules[1].driver.line, 5);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -390,7 +369,10 @@ mod tests {
         .unwrap();
         std::fs::write(dir.join("b.toml"), "[[drivers]]\ncommand = [\"b\"]\n").unwrap();
         let (rules, errors) = load_rules(&dir);
-        assert_eq!(rules.iter().map(Rule::unit).collect::<Vec<_>>(), ["b"]);
+        assert_eq!(
+            rules.iter().map(|r| r.driver.unit()).collect::<Vec<_>>(),
+            ["b"]
+        );
         assert_eq!(errors.len(), 1);
         assert!(errors[0].file.ends_with("a.toml"), "{}", errors[0]);
         assert_eq!(errors[0].line, Some(3), "{}", errors[0]);

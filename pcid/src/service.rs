@@ -198,18 +198,22 @@ impl<P: Platform> Pcid<P> {
         if !f.owner.is_none() {
             log::warn!(
                 "{what}: matches {} but is owned by {}",
-                rule.describe(),
+                rule.driver.describe(),
                 f.owner
             );
             return;
         }
         log::info!(
             "{what}: matches {}, starting {}",
-            rule.describe(),
-            rule.unit()
+            rule.driver.describe(),
+            rule.driver.unit()
         );
         if let Err(e) = self.start_driver(a, &rule) {
-            log::error!("{}: cannot start {}: {e}", function_name(a), rule.unit());
+            log::error!(
+                "{}: cannot start {}: {e}",
+                function_name(a),
+                rule.driver.unit()
+            );
         }
     }
 
@@ -229,9 +233,12 @@ impl<P: Platform> Pcid<P> {
         let token = self.next_token;
         self.next_token += 1;
         self.events.add(ours.as_fd(), token)?;
-        let args: Vec<&str> = rule.args().iter().map(String::as_str).collect();
+        let args: Vec<&str> = rule.driver.args().iter().map(String::as_str).collect();
         let fds = [vfio.container.as_fd(), vfio.device.as_fd(), theirs.as_fd()];
-        if let Err(e) = self.platform.spawn(rule.unit(), &instance, &args, &fds) {
+        if let Err(e) = self
+            .platform
+            .spawn(rule.driver.unit(), &instance, &args, &fds)
+        {
             let _ = self.events.remove(ours.as_fd());
             return Err(io::Error::new(e.kind(), format!("asking init: {e}")));
         }
@@ -241,18 +248,18 @@ impl<P: Platform> Pcid<P> {
         drop(theirs);
         if let Some(f) = self.server.scheme_mut().table_mut().get_mut(a) {
             f.owner = Owner::Driver {
-                unit: rule.unit().to_owned(),
+                unit: rule.driver.unit().to_owned(),
                 instance: instance.clone(),
                 channel: token,
             };
         }
-        log::info!("{instance}: {}@{instance} started", rule.unit());
+        log::info!("{instance}: {}@{instance} started", rule.driver.unit());
         self.drivers.insert(
             token,
             DriverChannel {
                 address: a,
                 socket: ours,
-                unit: rule.unit().to_owned(),
+                unit: rule.driver.unit().to_owned(),
                 instance,
             },
         );

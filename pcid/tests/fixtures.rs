@@ -210,7 +210,7 @@ fn the_shipped_virtio_blk_rule_matches_both_captured_disks_only() {
         .map(|f| f.name)
         .collect();
     assert_eq!(matched, ["pci-0000-00-01.0", "pci-0000-01-00.0"]);
-    assert_eq!(rules[0].unit(), "virtio-blkd");
+    assert_eq!(rules[0].driver.unit(), "virtio-blkd");
 }
 
 #[test]

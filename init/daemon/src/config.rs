@@ -61,6 +61,39 @@ pub fn toml_error(text: &str, e: &toml::de::Error) -> (Option<usize>, String) {
     (e.span().map(|s| line_of(text, s.start)), message)
 }
 
+/// What a driver rule of pcid's or acpid's says besides what it matches:
+/// where it is written, its name, and the driver to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleCommand {
+    /// The file it came from and the line of its table (for logs).
+    pub file: String,
+    pub line: usize,
+    pub name: Option<String>,
+    /// Never empty (checked when parsed): the driver's init template
+    /// unit, then its arguments.
+    pub command: Vec<String>,
+}
+
+impl RuleCommand {
+    /// The init template unit that runs the driver.
+    pub fn unit(&self) -> &str {
+        self.command.first().map_or("", String::as_str)
+    }
+
+    /// Arguments after the unit name.
+    pub fn args(&self) -> &[String] {
+        self.command.get(1..).unwrap_or(&[])
+    }
+
+    /// How logs name the rule: `"rtc" (rtc.toml:3)`, or `rtc.toml:3`.
+    pub fn describe(&self) -> String {
+        match &self.name {
+            Some(n) => format!("{n:?} ({}:{})", self.file, self.line),
+            None => format!("{}:{}", self.file, self.line),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
