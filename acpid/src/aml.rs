@@ -59,13 +59,7 @@ pub struct SystemHardware {
 
 /// pcid's name for a function: `pci-SSSS-BB-DD.F`.
 pub fn pci_function_name(a: PciAddress) -> String {
-    format!(
-        "pci-{:04x}-{:02x}-{:02x}.{:x}",
-        a.segment(),
-        a.bus(),
-        a.device(),
-        a.function()
-    )
+    pcid_interface::pci_name(a.segment(), a.bus(), a.device(), a.function())
 }
 
 impl Hardware for SystemHardware {

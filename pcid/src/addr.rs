@@ -49,13 +49,7 @@ pub fn sysfs_address(a: PciAddress) -> String {
 /// `pci-0000-00-04.0`: the function's directory in `/scheme/pci` and the
 /// instance name of its driver.
 pub fn function_name(a: PciAddress) -> String {
-    format!(
-        "pci-{:04x}-{:02x}-{:02x}.{:x}",
-        a.segment(),
-        a.bus(),
-        a.device(),
-        a.function()
-    )
+    pcid_interface::pci_name(a.segment(), a.bus(), a.device(), a.function())
 }
 
 /// The inverse of [`function_name`]; only the exact lowercase spelling is

@@ -60,6 +60,12 @@ pub struct BarInfo {
     pub prefetchable: bool,
 }
 
+/// pcid's name for a function, from its numbers: `pci-SSSS-BB-DD.F`, the
+/// directory in `/scheme/pci`, the driver's instance and scheme suffix.
+pub fn pci_name(segment: u16, bus: u8, device: u8, function: u8) -> String {
+    format!("pci-{segment:04x}-{bus:02x}-{device:02x}.{function:x}")
+}
+
 /// The function name used in scheme names: `"0000:00:04.0"` →
 /// `"pci-0000-00-04.0"`.
 pub fn function_name(address: &str) -> String {
@@ -282,6 +288,7 @@ mod tests {
     fn names_follow_the_scheme_convention() {
         assert_eq!(function_name("0000:00:04.0"), "pci-0000-00-04.0");
         assert_eq!(function_name("0001:1a:1f.7"), "pci-0001-1a-1f.7");
+        assert_eq!(pci_name(1, 0x1a, 0x1f, 7), "pci-0001-1a-1f.7");
     }
 
     #[test]
