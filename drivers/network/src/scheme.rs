@@ -120,14 +120,23 @@ impl<D: NetworkDevice> NetworkScheme<D> {
             self.counters.rx_bytes += frame.len() as u64;
             let mut readers = 0usize;
             let mut dropped = 0u64;
+            // Queues with room get the frame: copies for all but the last,
+            // which takes the frame itself (one reader: no copy at all).
+            let mut room: Vec<&mut Handle> = Vec::new();
             let open = self.handles.values_mut();
             for h in open.filter(|h| h.target == Target::Frames && h.read) {
                 readers += 1;
                 if h.queue.len() >= RX_QUEUE_FRAMES {
                     dropped += 1;
                 } else {
+                    room.push(h);
+                }
+            }
+            if let Some((last, others)) = room.split_last_mut() {
+                for h in others {
                     h.queue.push_back(frame.clone());
                 }
+                last.queue.push_back(frame);
             }
             if readers == 0 {
                 dropped = 1;
