@@ -249,7 +249,14 @@ impl AcpiScheme {
             Node::Root | Node::TablesDir | Node::SymbolsDir(_) | Node::DevicesDir => {
                 (MODE_DIR | 0o555, 0)
             }
-            Node::Method(_) | Node::Power => (MODE_FILE | 0o600, len.unwrap_or(0)),
+            // A method's result (and the power file's text, which asks AML
+            // for \_S5) exists only once a root open made it, so a lookup
+            // reports a bound, as sysfs does for its attributes; reads
+            // return the real length. Linux 6.12's FUSE serves
+            // sendfile/splice (busybox `cat`) from the page cache, which
+            // stops at the reported size: 0 would read as empty
+            // (docs/scheme-protocol.md, Direct I/O).
+            Node::Method(_) | Node::Power => (MODE_FILE | 0o600, len.unwrap_or(UNRUN_SIZE_BOUND)),
             other => {
                 let size = match len {
                     Some(l) => l,
@@ -286,6 +293,10 @@ fn run_text(
     })
     .map_err(|e| (false, e.to_string()))?
 }
+
+/// The size a method or the power file reports before a root open has
+/// made its text: a bound on it (see `fill_stat`).
+const UNRUN_SIZE_BOUND: usize = 4096;
 
 impl Scheme for AcpiScheme {
     fn openat(&mut self, path: &str, flags: usize, ctx: &CallerCtx) -> Result<OpenResult> {

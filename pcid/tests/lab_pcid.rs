@@ -140,10 +140,14 @@ fn pcid_claims_spawns_serves_and_releases() -> lab::Result<()> {
     assert!(user.contains("owner      none"), "{user}");
 
     // Root on a free function's channel: JSON in, JSON out.
-    let reply = vm.ok("exec 3<>/scheme/pci/pci-0000-00-03.0/channel; \
-         printf '\"Info\"' >&3; cat <&3; echo; \
-         printf '{\"ConfigRead\":{\"offset\":0,\"len\":4}}' >&3; cat <&3; echo; \
-         printf 'nonsense' >&3; cat <&3")?;
+    // One read(2) per reply: dd, not cat, whose sendfile Linux 6.12 serves
+    // from the page cache (docs/scheme-protocol.md, Direct I/O).
+    let reply = vm.ok(
+        "exec 3<>/scheme/pci/pci-0000-00-03.0/channel; R='dd bs=65536 count=1 status=none'; \
+         printf '\"Info\"' >&3; $R <&3; echo; \
+         printf '{\"ConfigRead\":{\"offset\":0,\"len\":4}}' >&3; $R <&3; echo; \
+         printf 'nonsense' >&3; $R <&3",
+    )?;
     let lines: Vec<&str> = reply.lines().collect();
     assert_eq!(lines.len(), 3, "{reply}");
     let info: serde_json::Value = serde_json::from_str(lines[0]).map_err(|e| e.to_string())?;

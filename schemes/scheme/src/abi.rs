@@ -53,6 +53,8 @@ pub const FUSE_BATCH_FORGET: u32 = 42;
 pub const FUSE_ATOMIC_O_TRUNC: u32 = 1 << 3;
 pub const FUSE_BIG_WRITES: u32 = 1 << 5;
 pub const FUSE_MAX_PAGES: u32 = 1 << 22;
+/// 7.36+: `flags2` follows `flags` in INIT, for flags 32-63.
+pub const FUSE_INIT_EXT: u32 = 1 << 30;
 
 // fuse_open_out.open_flags.
 pub const FOPEN_DIRECT_IO: u32 = 1 << 0;

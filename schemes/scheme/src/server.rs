@@ -408,8 +408,18 @@ impl<S: Scheme> Server<S> {
     }
 
     fn op_init(&mut self, req: &Request<'_>) -> Result<()> {
-        let (init, _) = req.arg::<InitIn>().ok_or(Error::new(EINVAL))?;
+        let (init, rest) = req.arg::<InitIn>().ok_or(Error::new(EINVAL))?;
         let unique = req.header.unique;
+        let flags2 = match rest.get(..4) {
+            Some(b) if init.flags & FUSE_INIT_EXT != 0 => {
+                u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+            }
+            _ => 0,
+        };
+        debug!(
+            "fuse: kernel offers {}.{}, flags {:#x}, flags2 {flags2:#x}",
+            init.major, init.minor, init.flags
+        );
         if init.major < KERNEL_VERSION {
             warn!(
                 "fuse: kernel protocol {}.{} is too old",

@@ -94,12 +94,13 @@ fn acpid_tables_views_devices_and_access() -> lab::Result<()> {
         .and_then(|h| u64::from_str_radix(h.trim_start_matches("0x"), 16).ok())
         .ok_or_else(|| format!("no ECAM window in\n{mcfg}"))?;
     assert_eq!(base, 0xb000_0000, "q35's MMCONFIG base");
-    let iomem = vm.ok("grep -i mmconfig /proc/iomem")?;
+    // Linux names the reservation "PCI ECAM" since 6.9 (before: "PCI MMCONFIG").
+    let iomem = vm.ok("grep -iE 'PCI (ECAM|MMCONFIG)' /proc/iomem")?;
     let start = iomem
         .split('-')
         .next()
         .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
-        .ok_or_else(|| format!("no MMCONFIG in /proc/iomem: {iomem}"))?;
+        .ok_or_else(|| format!("no ECAM reservation in /proc/iomem: {iomem}"))?;
     assert_eq!(start, base, "MCFG vs the kernel's reservation: {iomem}");
 
     // FADT: the power registers acpid uses.

@@ -108,7 +108,7 @@ fn virtio_blk_disks_through_the_scheme() -> lab::Result<()> {
     let disk_a = pattern(1, SIZE_A);
     std::fs::write(&path_a, &disk_a).map_err(|e| e.to_string())?;
     let disk_b = make_gpt_disk(&path_b)?;
-    let (plans, expected_a) = make_write_plans(&disk_a);
+    let (plans, mut expected_a) = make_write_plans(&disk_a);
 
     let mut cfg = Config::new("block")
         .args(lab::virtio_blk_args("a", &path_a, "04.0"))
@@ -135,6 +135,7 @@ fn virtio_blk_disks_through_the_scheme() -> lab::Result<()> {
     whole_disk_reads(&mut vm, &disk_a)?;
     gpt_partitions(&mut vm, &disk_b)?;
     concurrent_unaligned_writes(&mut vm, &expected_a)?;
+    writes_to_one_disk_are_in_flight_together(&mut vm, &mut expected_a)?;
     bad_inputs(&mut vm)?;
     pci_scheme(&mut vm)?;
 
@@ -249,6 +250,44 @@ fn concurrent_unaligned_writes(vm: &mut Vm, expected_a: &[u8]) -> lab::Result<()
         sum.split_whitespace().next(),
         Some(md5_hex(&expected_a[lo..hi]).as_str())
     );
+    Ok(())
+}
+
+/// Linux 6.2+ honours `FOPEN_PARALLEL_DIRECT_WRITES`, which the runtime
+/// gives every seekable file: two writes to one disk inside its size reach
+/// the daemon together instead of the second waiting for the first in the
+/// inode lock. Shown with the daemons stopped: both writes must then sit in
+/// the connection's queue at once (fusectl's `waiting` counts them), where
+/// a serialised second writer would leave it at 1.
+fn writes_to_one_disk_are_in_flight_together(
+    vm: &mut Vm,
+    expected_a: &mut [u8],
+) -> lab::Result<()> {
+    // Two sectors outside the concurrent writers' region.
+    let (p, q) = (8u64, 12288u64);
+    let script = format!(
+        "D={DISK_A}/0; \
+         grep -q fusectl /proc/mounts || mount -t fusectl fusectl /sys/fs/fuse/connections || exit 1; \
+         W=/sys/fs/fuse/connections/$(stat -c %d $D)/waiting; \
+         rm -f /tmp/p1 /tmp/p2; mkfifo /tmp/p1 /tmp/p2; exec 7<>/tmp/p1 8<>/tmp/p2; \
+         dd of=$D bs=512 seek={p} count=1 conv=notrunc <&7 2>/tmp/dd1 & a=$!; \
+         dd of=$D bs=512 seek={q} count=1 conv=notrunc <&8 2>/tmp/dd2 & b=$!; \
+         for i in $(seq 200); do [ $(ls -l /proc/$a/fd /proc/$b/fd 2>/dev/null | grep -c scheme/disk) = 2 ] && break; sleep 0.05; done; \
+         d=$(pidof virtio-blkd); kill -STOP $d; before=$(cat $W); \
+         head -c 512 /dev/zero | tr '\\0' P >&7; head -c 512 /dev/zero | tr '\\0' Q >&8; \
+         n=0; for i in $(seq 100); do n=$(cat $W); [ $n -ge 2 ] && break; sleep 0.05; done; \
+         kill -CONT $d; wait $a $b; echo \"before $before waiting $n\"; cat /tmp/dd1 /tmp/dd2"
+    );
+    let out = vm.ok(&script)?;
+    assert!(out.contains("before 0 waiting 2"), "{out}");
+    assert_eq!(out.matches("1+0 records out").count(), 2, "{out}");
+    for (sector, byte) in [(p, b'P'), (q, b'Q')] {
+        let at = sector as usize * 512;
+        expected_a[at..at + 512].fill(byte);
+        let got = vm.ok(&format!("probe pread {DISK_A}/0 {at} 512"))?;
+        let hex: String = std::iter::repeat_n(format!("{byte:02x}"), 512).collect();
+        assert_eq!(got.trim(), format!("ok 512 {hex}"), "sector {sector}");
+    }
     Ok(())
 }
 

@@ -106,10 +106,11 @@ fn fifo_blocking_and_wakeups(vm: &mut Vm) -> lab::Result<()> {
         "timeout"
     );
     let pid = start_blocked(vm, "write /scheme/fifo/full later", "/tmp/full.out")?;
-    // busybox dd dup2()s and closes its input fd: under the guest's 6.1
-    // kernel that close waits for the inode lock the parked write holds,
-    // unless the runtime opens files with FOPEN_NOFLUSH (the host's newer
-    // kernel does not show this, so only this guest test covers it).
+    // busybox dd dup2()s and closes its input fd: under the guest's kernel
+    // (6.1, and 6.12 still) that close waits for the inode lock the parked
+    // write holds, unless the runtime opens files with FOPEN_NOFLUSH (the
+    // host's newer kernel does not show this, so only this guest test
+    // covers it; without the flag it hangs here).
     vm.ok("dd if=/scheme/fifo/full bs=4096 count=1 of=/dev/null 2>/dev/null")?;
     assert_eq!(finish(vm, &pid, "/tmp/full.out")?, "ok 5");
     assert_eq!(

@@ -175,10 +175,15 @@ impl<C: Clock> Scheme for TimeScheme<C> {
             }
             _ => {}
         }
-        let data = if stat_only || node == Node::Root {
-            Vec::new()
-        } else {
-            self.content(node)?
+        // A lookup (`O_STAT`) renders the content too, for its size: Linux
+        // 6.12's FUSE serves sendfile/splice (busybox `cat`) from the page
+        // cache, which stops at the size the lookup reported
+        // (docs/scheme-protocol.md, Direct I/O). A clock that cannot be read
+        // fails the open, not the lookup.
+        let data = match node {
+            Node::Root => Vec::new(),
+            _ if stat_only => self.content(node).unwrap_or_default(),
+            _ => self.content(node)?,
         };
         Ok(OpenResult::file(self.handles.insert(Open { node, data })))
     }
@@ -321,10 +326,17 @@ mod tests {
         assert_eq!(s.clock.reads, 1);
         let id2 = s.openat("now", O_RDONLY, &ctx).unwrap().id;
         assert!(read_all(&mut s, id2, 64).contains("03:12:04Z"));
-        // A stat does not touch the chip.
+        // A stat reads the chip once, for the size a read would give (what
+        // sendfile on Linux 6.12 stops at).
         let mut st = Stat::default();
-        s.stat_path("cmos", &mut st, &ctx).unwrap();
-        assert_eq!(s.clock.reads, 2);
+        s.stat_path("now", &mut st, &ctx).unwrap();
+        assert_eq!(s.clock.reads, 3);
+        assert_eq!(st.st_size as usize, first.len());
+        // A clock that cannot be read fails the open, not the lookup.
+        s.clock.broken = true;
+        s.stat_path("now", &mut st, &ctx).unwrap();
+        assert_eq!(st.st_size, 0);
+        assert_eq!(s.openat("now", O_RDONLY, &ctx).unwrap_err().errno, EIO);
     }
 
     #[test]

@@ -10,6 +10,13 @@
 //! virtio-net (09.0) on hub 1 for Linux. pcid is told to leave 07.0-09.0
 //! alone; Linux's modules are loaded only after pcid has bound ours to
 //! vfio-pci, so they find only the ignored functions.
+//!
+//! Debian 13's kernel has `virtio_pci` built in, which the lab normally
+//! keeps off (`initcall_blacklist=virtio_pci_driver_init`). Here it runs, so
+//! Linux's `virtio_blk` and `virtio_net` have a transport: it binds every
+//! virtio function at boot, pcid unbinds ours from it before binding them
+//! to vfio-pci (as it does for any kernel driver it finds bound), and the
+//! ignored ones stay with it.
 
 use std::time::Duration;
 
@@ -76,6 +83,7 @@ fn run(block: bool, net: bool) -> Result<(), String> {
             "09.0",
             "52:54:00:12:34:09",
         ))
+        .allow_builtin(lab::LINUX_VIRTIO_PCI)
         .cmdline(&[&format!(
             "pcid.ignore={KERNEL_DISK},{KERNEL_E1000},{KERNEL_VIRTIO_NET}"
         )]);

@@ -34,7 +34,7 @@ fn main() {
         "-initrd".into(),
         image.join("initfs.cpio.gz").display().to_string(),
         "-append".into(),
-        lab::kernel_cmdline(&[]),
+        lab::kernel_cmdline(&[], &[]),
         "-serial".into(),
         "mon:stdio".into(),
         "-qmp".into(),
