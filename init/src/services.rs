@@ -138,8 +138,8 @@ impl Services {
                 libc_errno(rustix::io::Errno::ACCESS),
                 format!(
                     "{who} may not grant ports {} to {template} (grantable: {})",
-                    common::port::format_grant(ioports),
-                    common::port::format_grant(&t.grantable_ranges)
+                    daemon::ports::format_grant(ioports),
+                    daemon::ports::format_grant(&t.grantable_ranges)
                 ),
             ));
         }
@@ -315,7 +315,7 @@ impl Services {
             }))
             .envs(
                 (!ioports.is_empty())
-                    .then(|| (daemon::IOPORTS_ENV, common::port::format_grant(&ioports))),
+                    .then(|| (daemon::IOPORTS_ENV, daemon::ports::format_grant(&ioports))),
             )
             .stdin(Stdio::null())
             .stdout(Stdio::from(out_w.try_clone()?))

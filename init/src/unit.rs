@@ -113,13 +113,13 @@ impl Unit {
         unit.ioport_ranges = unit
             .ioports
             .iter()
-            .map(|r| common::port::parse_range(r))
+            .map(|r| daemon::ports::parse_range(r))
             .collect::<Result<_, _>>()
             .map_err(|e| format!("bad ioports: {e}"))?;
         unit.grantable_ranges = unit
             .grantable_ioports
             .iter()
-            .map(|r| common::port::parse_range(r))
+            .map(|r| daemon::ports::parse_range(r))
             .collect::<Result<_, _>>()
             .map_err(|e| format!("bad grantable_ioports: {e}"))?;
         if !unit.template && !unit.grantable_ranges.is_empty() {

@@ -359,6 +359,24 @@ impl<T: ?Sized> Drop for Dma<T> {
     }
 }
 
+/// Memory a device reads or writes at `iova()`: a driver's bounce, receive
+/// or transmit buffer. `Dma<[u8]>` in a daemon; drivers' host tests give a
+/// heap buffer at a made-up IOVA (`virtio_core::testing::TestBuf`), so the
+/// ring and queue logic runs without a device.
+pub trait Buffer {
+    fn iova(&self) -> u64;
+    fn bytes(&mut self) -> &mut [u8];
+}
+
+impl Buffer for Dma<[u8]> {
+    fn iova(&self) -> u64 {
+        Dma::iova(self)
+    }
+    fn bytes(&mut self) -> &mut [u8] {
+        self
+    }
+}
+
 impl<T: ?Sized> std::fmt::Debug for Dma<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Dma")

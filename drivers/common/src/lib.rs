@@ -4,7 +4,8 @@
 //! A driver is handed already-open VFIO fds by pcid (through init); this crate
 //! wraps them ([`vfio`]), maps its registers ([`io`]), gives it memory the
 //! device may reach ([`dma`]), turns interrupts into pollable fds ([`irq`],
-//! [`event`]) and finally locks the process down ([`sandbox`]). The Linux
+//! [`event`]), locks the process down ([`sandbox`]) and runs its one event
+//! loop over the scheme and the interrupts ([`driver`]). The Linux
 //! analogue of each Redox kernel service is described in
 //! `docs/architecture.md`.
 //!
@@ -13,6 +14,7 @@
 
 pub mod barrier;
 pub mod dma;
+pub mod driver;
 pub mod event;
 pub mod io;
 pub mod irq;
@@ -22,6 +24,7 @@ pub mod vfio;
 
 pub use barrier::{mb, rmb, wmb};
 pub use dma::{Dma, DmaSpace};
+pub use driver::DriverLoop;
 pub use event::EventLoop;
 pub use io::{Mmio, MmioRegion};
 pub use irq::Irq;

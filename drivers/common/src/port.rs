@@ -7,10 +7,8 @@
 //! reach exactly those ports; an `in`/`out` on any other port is a general
 //! protection fault, which the kernel delivers as `SIGSEGV`.
 //!
-//! init tells the process what it granted in `INIT_IOPORTS`: inclusive hex
-//! ranges, space separated (`"600-67f cf9-cf9"`). [`parse_grant`] is the one
-//! parser of that format (init's `daemon` crate re-uses it for the unit key
-//! and for `daemon::granted_ioports`). [`PortGrant`] checks every access
+//! init tells the process what it granted in `INIT_IOPORTS`, whose format
+//! is init's protocol (`daemon::ports`). [`PortGrant`] checks every access
 //! against the grant before touching the port; the raw [`inb`]/[`outb`]
 //! family is `unsafe` because a port write can do anything to the machine.
 
@@ -18,70 +16,6 @@ use std::io;
 use std::ops::RangeInclusive;
 
 use crate::err;
-
-/// Environment variable in which init lists the ports it granted.
-pub const IOPORTS_ENV: &str = "INIT_IOPORTS";
-
-/// One hex number, with or without `0x`, that fits in 16 bits.
-fn parse_port(text: &str) -> Option<u16> {
-    let hex = text
-        .strip_prefix("0x")
-        .or_else(|| text.strip_prefix("0X"))
-        .unwrap_or(text);
-    if hex.is_empty() || hex.len() > 4 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    u16::from_str_radix(hex, 16).ok()
-}
-
-/// Parses one range: `"0x600-0x67f"`, `"600-67f"` (inclusive) or a single
-/// port (`"0xcf9"`, `"cf9"`). Numbers are hex, `0x` optional.
-pub fn parse_range(word: &str) -> Result<RangeInclusive<u16>, String> {
-    let bad = || format!("{word:?} is not a port or an inclusive port range (hex, e.g. 0x70-0x71)");
-    let (first, last) = match word.split_once('-') {
-        Some((a, b)) => (
-            parse_port(a).ok_or_else(bad)?,
-            parse_port(b).ok_or_else(bad)?,
-        ),
-        None => {
-            let p = parse_port(word).ok_or_else(bad)?;
-            (p, p)
-        }
-    };
-    if first > last {
-        return Err(format!("{word:?}: the range ends before it starts"));
-    }
-    Ok(first..=last)
-}
-
-/// Parses a grant as init writes it in `INIT_IOPORTS`: ranges separated by
-/// white space. Empty text is an empty grant.
-pub fn parse_grant(text: &str) -> Result<Vec<RangeInclusive<u16>>, String> {
-    text.split_whitespace().map(parse_range).collect()
-}
-
-/// Formats ranges the way [`parse_grant`] reads them: `"600-67f cf9-cf9"`.
-pub fn format_grant(ranges: &[RangeInclusive<u16>]) -> String {
-    ranges
-        .iter()
-        .map(|r| format!("{:x}-{:x}", r.start(), r.end()))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// The ports init granted this process (from `INIT_IOPORTS`); empty when
-/// the variable is unset, an error when it is malformed.
-pub fn granted_from_env() -> io::Result<Vec<RangeInclusive<u16>>> {
-    match std::env::var(IOPORTS_ENV) {
-        Err(std::env::VarError::NotPresent) => Ok(Vec::new()),
-        Err(std::env::VarError::NotUnicode(_)) => Err(err(
-            io::ErrorKind::InvalidInput,
-            format!("{IOPORTS_ENV} is not UTF-8"),
-        )),
-        Ok(text) => parse_grant(&text)
-            .map_err(|e| err(io::ErrorKind::InvalidInput, format!("{IOPORTS_ENV}: {e}"))),
-    }
-}
 
 /// Reads a byte from `port`.
 ///
@@ -190,7 +124,7 @@ impl PortGrant {
         // init sets INIT_IOPORTS to exactly the ranges it called ioperm for
         // in this process before exec.
         Ok(PortGrant {
-            ranges: granted_from_env()?,
+            ranges: daemon::ports::granted_from_env()?,
         })
     }
 
@@ -222,7 +156,7 @@ impl PortGrant {
                 format!(
                     "port {port:#x} ({width} byte{}) is outside the grant [{}]",
                     if width == 1 { "" } else { "s" },
-                    format_grant(&self.ranges)
+                    daemon::ports::format_grant(&self.ranges)
                 ),
             ))
         }
@@ -276,45 +210,6 @@ impl PortGrant {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ranges_parse_with_or_without_0x() {
-        assert_eq!(parse_range("0x600-0x67f"), Ok(0x600..=0x67f));
-        assert_eq!(parse_range("600-67f"), Ok(0x600..=0x67f));
-        assert_eq!(parse_range("0xcf9"), Ok(0xcf9..=0xcf9));
-        assert_eq!(parse_range("CF9"), Ok(0xcf9..=0xcf9));
-        assert_eq!(parse_range("0-ffff"), Ok(0..=0xffff));
-        for bad in [
-            "",
-            "-",
-            "0x",
-            "70-",
-            "-71",
-            "0x10000",
-            "12345",
-            "71-70",
-            "zz",
-            "70 71",
-            "0x70-0x71-0x72",
-        ] {
-            assert!(parse_range(bad).is_err(), "{bad:?}");
-        }
-        assert!(parse_range("71-70").unwrap_err().contains("ends before"));
-    }
-
-    #[test]
-    fn grants_round_trip_through_the_env_format() {
-        let g = vec![0x600..=0x67f, 0xcf9..=0xcf9, 0x70..=0x71];
-        let text = format_grant(&g);
-        assert_eq!(text, "600-67f cf9-cf9 70-71");
-        assert_eq!(parse_grant(&text), Ok(g));
-        assert_eq!(parse_grant(""), Ok(vec![]));
-        assert_eq!(
-            parse_grant("  70-71\t80 "),
-            Ok(vec![0x70..=0x71, 0x80..=0x80])
-        );
-        assert!(parse_grant("70-71 nope").is_err());
-    }
 
     #[test]
     fn contains_checks_every_byte_of_the_access() {

@@ -32,6 +32,7 @@ use pcid_interface::PciFunctionHandle;
 
 pub mod caps;
 pub mod pci;
+pub mod port;
 pub mod queue;
 pub mod ring;
 pub mod spec;
@@ -40,24 +41,12 @@ pub mod testing;
 
 pub use caps::{CapRegion, VirtioCaps};
 pub use pci::{DeviceConfig, VirtioPci};
+pub use port::{PciPort, Port};
 pub use queue::VirtQueue;
 pub use ring::{RingLayout, SplitRing};
 
-/// Memory the device reaches at `iova()`: a driver's bounce or receive
-/// buffer. `Dma<[u8]>` in the daemon; `testing::TestBuf` in host tests.
-pub trait Buffer {
-    fn iova(&self) -> u64;
-    fn bytes(&mut self) -> &mut [u8];
-}
-
-impl Buffer for common::dma::Dma<[u8]> {
-    fn iova(&self) -> u64 {
-        common::dma::Dma::iova(self)
-    }
-    fn bytes(&mut self) -> &mut [u8] {
-        self
-    }
-}
+/// Device-visible buffers: the kit's one trait (`common::dma::Buffer`).
+pub use common::dma::Buffer;
 
 /// A started virtio device: DRIVER_OK has been set.
 ///

@@ -256,3 +256,148 @@ impl BufferMap {
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) }
     }
 }
+
+/// The host tests' [`Port`](crate::Port): the driver's side of real split
+/// rings in heap memory (a [`SimDevice`] over each plays the device), with
+/// the configuration, status and doorbells a test controls and watches
+/// through the [`PortCtl`] it gets with it.
+pub struct TestPort<C> {
+    rings: Vec<SplitRing<HostMem>>,
+    features: u64,
+    ctl: PortCtl<C>,
+}
+
+/// A test's handle on its [`TestPort`]'s device state.
+pub struct PortCtl<C>(Rc<PortState<C>>);
+
+impl<C> Clone for PortCtl<C> {
+    fn clone(&self) -> PortCtl<C> {
+        PortCtl(self.0.clone())
+    }
+}
+
+/// What runs when the driver turns a queue's interrupts on.
+type OnInterrupts = Box<dyn FnMut()>;
+
+struct PortState<C> {
+    config: RefCell<C>,
+    fail_config: std::cell::Cell<bool>,
+    needs_reset: std::cell::Cell<bool>,
+    kicks: RefCell<Vec<usize>>,
+    on_interrupts: RefCell<Vec<Option<OnInterrupts>>>,
+}
+
+impl<C: Clone> TestPort<C> {
+    /// A port over `rings` (queue `i` is `rings[i]`) offering `features`,
+    /// whose configuration reads as `config` until the test changes it.
+    pub fn new(
+        rings: Vec<SplitRing<HostMem>>,
+        features: u64,
+        config: C,
+    ) -> (TestPort<C>, PortCtl<C>) {
+        let n = rings.len();
+        let ctl = PortCtl(Rc::new(PortState {
+            config: RefCell::new(config),
+            fail_config: std::cell::Cell::new(false),
+            needs_reset: std::cell::Cell::new(false),
+            kicks: RefCell::new(vec![0; n]),
+            on_interrupts: RefCell::new((0..n).map(|_| None).collect()),
+        }));
+        let port = TestPort {
+            rings,
+            features,
+            ctl: ctl.clone(),
+        };
+        (port, ctl)
+    }
+}
+
+impl<C: Clone> PortCtl<C> {
+    pub fn config(&self) -> C {
+        self.0.config.borrow().clone()
+    }
+    pub fn set_config(&self, config: C) {
+        *self.0.config.borrow_mut() = config;
+    }
+    /// Makes every configuration read fail (it "kept changing").
+    pub fn set_fail_config(&self, fail: bool) {
+        self.0.fail_config.set(fail);
+    }
+    /// Sets or clears DEVICE_NEEDS_RESET.
+    pub fn set_needs_reset(&self, on: bool) {
+        self.0.needs_reset.set(on);
+    }
+    /// Doorbells rung so far, per queue.
+    pub fn kicks(&self) -> Vec<usize> {
+        self.0.kicks.borrow().clone()
+    }
+    /// Runs `f` (once) the next time the driver turns `queue`'s
+    /// interrupts on: the device acting in the window the driver must close.
+    pub fn on_interrupts_enabled(&self, queue: usize, f: impl FnMut() + 'static) {
+        if let Some(slot) = self.0.on_interrupts.borrow_mut().get_mut(queue) {
+            *slot = Some(Box::new(f));
+        }
+    }
+}
+
+fn no_queue(queue: usize) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("the test port has no queue {queue}"),
+    )
+}
+
+impl<C: Clone> crate::Port for TestPort<C> {
+    type Config = C;
+
+    fn add(&mut self, queue: usize, bufs: &[(u64, u32, bool)]) -> std::io::Result<u16> {
+        self.rings
+            .get_mut(queue)
+            .ok_or_else(|| no_queue(queue))?
+            .add(bufs)
+    }
+    fn pop_used(&mut self, queue: usize) -> Option<(u16, u32)> {
+        self.rings.get_mut(queue)?.pop_used()
+    }
+    fn kick(&mut self, queue: usize) {
+        if let Some(k) = self.ctl.0.kicks.borrow_mut().get_mut(queue) {
+            *k += 1;
+        }
+    }
+    fn queue_size(&self, queue: usize) -> u16 {
+        self.rings.get(queue).map_or(0, SplitRing::size)
+    }
+    fn bad_completions(&self, queue: usize) -> u64 {
+        self.rings.get(queue).map_or(0, SplitRing::bad_completions)
+    }
+    fn set_interrupts(&mut self, queue: usize, on: bool) {
+        let Some(ring) = self.rings.get_mut(queue) else {
+            return;
+        };
+        ring.set_interrupts(on);
+        if on {
+            let hook = self
+                .ctl
+                .0
+                .on_interrupts
+                .borrow_mut()
+                .get_mut(queue)
+                .and_then(Option::take);
+            if let Some(mut f) = hook {
+                f();
+            }
+        }
+    }
+    fn features(&self) -> u64 {
+        self.features
+    }
+    fn read_config(&self) -> std::io::Result<C> {
+        if self.ctl.0.fail_config.get() {
+            return Err(std::io::Error::other("configuration kept changing"));
+        }
+        Ok(self.ctl.config())
+    }
+    fn needs_reset(&self) -> bool {
+        self.ctl.0.needs_reset.get()
+    }
+}

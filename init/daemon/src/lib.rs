@@ -18,6 +18,7 @@ use rustix::net::{
 
 pub mod config;
 pub mod logger;
+pub mod ports;
 pub mod proto;
 
 pub use logger::{init_logging, main_with};
@@ -32,15 +33,12 @@ pub const PASSED_FDS_ENV: &str = "INIT_PASSED_FDS";
 
 /// Environment variable listing the I/O ports init granted the process
 /// (`"600-67f cf9-cf9"`: inclusive hex ranges, space separated).
-pub use common::port::IOPORTS_ENV;
+pub use ports::IOPORTS_ENV;
 
 /// The I/O ports init granted this process with `ioperm` (the unit's
 /// `ioports` plus any its enumerator asked for), from `INIT_IOPORTS`.
 /// Empty when none were granted; an error if the variable is malformed.
-/// The parser is `common::port`'s, shared with `PortGrant::from_env`.
-pub fn granted_ioports() -> io::Result<Vec<RangeInclusive<u16>>> {
-    common::port::granted_from_env()
-}
+pub use ports::granted_from_env as granted_ioports;
 
 /// Takes the capability fds init passed to this instance (from the
 /// enumerator's `spawn` request), in the order they were sent. Empty when

@@ -71,7 +71,7 @@ impl Request {
                 let mut line = if ioports.is_empty() {
                     format!("spawn {unit} {instance}")
                 } else {
-                    let ports = common::port::format_grant(ioports).replace(' ', ",");
+                    let ports = crate::ports::format_grant(ioports).replace(' ', ",");
                     format!("spawn-io {unit} {instance} {ports}")
                 };
                 for a in args {
@@ -110,7 +110,7 @@ impl Request {
             {
                 let ioports = ports
                     .split(',')
-                    .map(common::port::parse_range)
+                    .map(crate::ports::parse_range)
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| format!("bad port list in {text:?}: {e}"))?;
                 Ok(Request::Spawn {

@@ -58,6 +58,12 @@ impl<T> Handles<T> {
     pub fn values(&self) -> impl Iterator<Item = &T> {
         self.open.values()
     }
+
+    /// Every open handle's state, in id order (a NIC delivering a frame to
+    /// each reader).
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.open.values_mut()
+    }
 }
 
 #[cfg(test)]
@@ -76,5 +82,9 @@ mod tests {
         let c = h.insert("c");
         assert_ne!(c, a, "ids are not reused");
         assert_eq!(h.len(), 2);
+        for v in h.values_mut() {
+            *v = "x";
+        }
+        assert!(h.values().all(|v| *v == "x"));
     }
 }

@@ -23,7 +23,7 @@ use common::port::{inb, PortGrant};
 
 /// One port, hex (`0x80`), with the kit's parser.
 fn port(word: &str) -> Option<u16> {
-    common::port::parse_range(word)
+    daemon::ports::parse_range(word)
         .ok()
         .filter(|r| r.start() == r.end())
         .map(|r| *r.start())
@@ -68,7 +68,7 @@ fn main() -> ExitCode {
     };
     println!(
         "grant {}",
-        std::env::var(common::port::IOPORTS_ENV).unwrap_or_default()
+        std::env::var(daemon::ports::IOPORTS_ENV).unwrap_or_default()
     );
     let (Some(first), Some(last)) = (grant.ranges().first(), grant.ranges().last()) else {
         eprintln!("portprobe: no ports were granted");

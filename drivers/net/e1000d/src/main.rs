@@ -7,19 +7,14 @@
 //! loop over the FUSE fd and the INTx eventfd.
 
 use std::io;
-use std::os::fd::AsFd;
 use std::process::ExitCode;
 
-use common::event::EventLoop;
-use log::{info, warn};
+use common::DriverLoop;
 use network::NetworkScheme;
 use pcid_interface::PciFunctionHandle;
-use scheme::{Server, Status};
+use scheme::Server;
 
 mod device;
-
-const TOKEN_SCHEME: u64 = 0;
-const TOKEN_IRQ: u64 = 1;
 
 fn main() -> ExitCode {
     daemon::main_with(run)
@@ -46,31 +41,12 @@ fn run() -> io::Result<()> {
     common::sandbox::enter_sandbox()?;
     daemon.ready()?;
 
-    let mut server = Server::new(fd, scheme)?;
-    let mut events = EventLoop::new()?;
-    events.add(server.as_fd(), TOKEN_SCHEME)?;
-    events.add(irq.as_fd(), TOKEN_IRQ)?;
-    loop {
-        for token in events.wait(None)? {
-            match token {
-                TOKEN_SCHEME => {
-                    if server.process()? == Status::Unmounted {
-                        info!("scheme unmounted; exiting");
-                        return Ok(());
-                    }
-                }
-                TOKEN_IRQ => {
-                    irq.take()?;
-                    // Reads ICR (which drops the line), reclaims, drains.
-                    server.scheme_mut().on_irq();
-                    // Only now: unmasking while the cause is still set
-                    // would fire again at once.
-                    irq.ack()?;
-                    // Answers parked readers and writers.
-                    server.wake();
-                }
-                other => warn!("event loop: unknown token {other}"),
-            }
-        }
-    }
+    DriverLoop::new(Server::new(fd, scheme)?)?
+        // Reads ICR (which drops the line), reclaims, drains; the loop acks
+        // the INTx line afterwards and answers parked readers and writers.
+        .on_irq(irq, |nic: &mut NetworkScheme<_>| {
+            nic.on_irq();
+            Ok(())
+        })?
+        .run()
 }

@@ -38,8 +38,8 @@ use syscall::error::{Error, EAGAIN, EINVAL, EIO};
 use common::dma::Dma;
 use common::irq::Irq;
 use pcid_interface::PciFunctionHandle;
-use virtio_core::spec::{bit, status};
-use virtio_core::{Buffer, VirtQueue, VirtioDevice, VirtioPci};
+use virtio_core::spec::bit;
+use virtio_core::{Buffer, PciPort, Port, VirtioDevice};
 
 /// Virtio device type of a network device.
 pub const DEVICE_TYPE: u16 = 1;
@@ -83,12 +83,9 @@ pub const QUEUE_SIZE: u16 = 256;
 /// often while a burst is being drained, not only at its end.
 const KICK_BATCH: usize = 32;
 
-/// The device's queues.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Queue {
-    Rx = 0,
-    Tx = 1,
-}
+/// The device's queues (spec 5.1.2): receiveq1 and transmitq1.
+pub const RX: usize = 0;
+pub const TX: usize = 1;
 
 /// The fields of the device configuration we use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -114,24 +111,6 @@ impl NetConfig {
     }
 }
 
-/// The queues and configuration of one virtio-net device.
-pub trait Port {
-    fn add(&mut self, q: Queue, bufs: &[(u64, u32, bool)]) -> io::Result<u16>;
-    fn pop_used(&mut self, q: Queue) -> Option<(u16, u32)>;
-    /// Tells the device new buffers are available on `q`.
-    fn kick(&mut self, q: Queue);
-    fn queue_size(&self, q: Queue) -> u16;
-    /// Used entries the ring refused (naming nothing in flight).
-    fn bad_completions(&self, q: Queue) -> u64;
-    fn features(&self) -> u64;
-    fn read_config(&self) -> io::Result<NetConfig>;
-    /// The device set DEVICE_NEEDS_RESET: it has stopped working.
-    fn needs_reset(&self) -> bool;
-    /// Asks for interrupts from `q` or not (a hint; includes a full
-    /// barrier, see `SplitRing::set_interrupts`).
-    fn set_interrupts(&mut self, q: Queue, on: bool);
-}
-
 /// Counts an error and logs it, but only the 1st, 2nd, 4th, 8th, …
 /// occurrence, so a device that misbehaves on every frame cannot flood
 /// the log.
@@ -143,7 +122,7 @@ fn count_error(counter: &mut u64, what: fmt::Arguments<'_>) {
 }
 
 /// One virtio-net NIC.
-pub struct VirtioNet<P: Port, B: Buffer> {
+pub struct VirtioNet<P: Port<Config = NetConfig>, B: Buffer> {
     // Declared first so it is dropped first: a real port resets the device
     // before the buffers below are unmapped.
     port: P,
@@ -176,7 +155,7 @@ pub struct VirtioNet<P: Port, B: Buffer> {
     tx_errors: u64,
 }
 
-impl<P: Port, B: Buffer> VirtioNet<P, B> {
+impl<P: Port<Config = NetConfig>, B: Buffer> VirtioNet<P, B> {
     /// Reads the configuration, allocates every buffer with `alloc`
     /// (receive buffers, then transmit slots) and fills the receive ring.
     /// The device must already be running (DRIVER_OK): the fill rings the
@@ -193,8 +172,8 @@ impl<P: Port, B: Buffer> VirtioNet<P, B> {
         let has_status = features & bit(feature::STATUS) != 0;
         // Without VIRTIO_NET_F_STATUS the link is to be assumed up.
         let link_up = !has_status || config.status & S_LINK_UP != 0;
-        let rx_count = usize::from(port.queue_size(Queue::Rx));
-        let tx_count = usize::from(port.queue_size(Queue::Tx));
+        let rx_count = usize::from(port.queue_size(RX));
+        let tx_count = usize::from(port.queue_size(TX));
         if rx_count == 0 || tx_count == 0 {
             return Err(io::Error::other("virtio-net queue of size 0"));
         }
@@ -255,7 +234,7 @@ impl<P: Port, B: Buffer> VirtioNet<P, B> {
     fn refill(&mut self) {
         while let Some(b) = self.rx_idle.pop() {
             let iova = self.rx_mem.iova() + (b * BUF_SIZE) as u64;
-            match self.port.add(Queue::Rx, &[(iova, BUF_SIZE as u32, true)]) {
+            match self.port.add(RX, &[(iova, BUF_SIZE as u32, true)]) {
                 Ok(token) => match self.rx_by_token.get_mut(usize::from(token)) {
                     Some(entry) => {
                         *entry = Some(b);
@@ -279,14 +258,14 @@ impl<P: Port, B: Buffer> VirtioNet<P, B> {
 
     fn kick_rx(&mut self) {
         if self.rx_unkicked > 0 {
-            self.port.kick(Queue::Rx);
+            self.port.kick(RX);
             self.rx_unkicked = 0;
         }
     }
 
     fn set_tx_interrupts(&mut self, on: bool) {
         if self.tx_irq_on != on {
-            self.port.set_interrupts(Queue::Tx, on);
+            self.port.set_interrupts(TX, on);
             self.tx_irq_on = on;
         }
     }
@@ -307,7 +286,7 @@ impl<P: Port, B: Buffer> VirtioNet<P, B> {
 
     /// Takes finished transmit slots back.
     fn reclaim_tx(&mut self) {
-        while let Some((token, _)) = self.port.pop_used(Queue::Tx) {
+        while let Some((token, _)) = self.port.pop_used(TX) {
             match self
                 .tx_by_token
                 .get_mut(usize::from(token))
@@ -414,7 +393,7 @@ impl<P: Port, B: Buffer> VirtioNet<P, B> {
     }
 }
 
-impl<P: Port, B: Buffer> NetworkDevice for VirtioNet<P, B> {
+impl<P: Port<Config = NetConfig>, B: Buffer> NetworkDevice for VirtioNet<P, B> {
     fn mac_address(&self) -> [u8; 6] {
         self.mac
     }
@@ -453,12 +432,9 @@ impl<P: Port, B: Buffer> NetworkDevice for VirtioNet<P, B> {
         mem[start + HDR_LEN..end].copy_from_slice(frame);
         let iova = self.tx_mem.iova() + start as u64;
         // end - start <= HDR_LEN + MAX_FRAME: fits u32.
-        match self
-            .port
-            .add(Queue::Tx, &[(iova, (end - start) as u32, false)])
-        {
+        match self.port.add(TX, &[(iova, (end - start) as u32, false)]) {
             Ok(token) => {
-                self.port.kick(Queue::Tx);
+                self.port.kick(TX);
                 match self.tx_by_token.get_mut(usize::from(token)) {
                     Some(entry) => {
                         *entry = Some(slot);
@@ -496,7 +472,7 @@ impl<P: Port, B: Buffer> NetworkDevice for VirtioNet<P, B> {
                 return None;
             }
             self.rx_budget -= 1;
-            let Some((token, len)) = self.port.pop_used(Queue::Rx) else {
+            let Some((token, len)) = self.port.pop_used(RX) else {
                 self.rx_backlog = false;
                 self.rx_budget = self.rx_by_token.len();
                 self.kick_rx();
@@ -528,8 +504,8 @@ impl<P: Port, B: Buffer> NetworkDevice for VirtioNet<P, B> {
 
     fn errors(&self) -> DeviceErrors {
         DeviceErrors {
-            rx_errors: self.rx_errors + self.port.bad_completions(Queue::Rx),
-            tx_errors: self.tx_errors + self.port.bad_completions(Queue::Tx),
+            rx_errors: self.rx_errors + self.port.bad_completions(RX),
+            tx_errors: self.tx_errors + self.port.bad_completions(TX),
         }
     }
 }
@@ -537,75 +513,8 @@ impl<P: Port, B: Buffer> NetworkDevice for VirtioNet<P, B> {
 #[cfg(test)]
 mod tests;
 
-/// The real port: the PCI transport and queues 0 (receive) and 1
-/// (transmit).
-pub struct PciPort {
-    // First, so it is dropped first: resetting the device stops its DMA
-    // before the queues' rings are unmapped.
-    transport: VirtioPci,
-    rx: VirtQueue,
-    tx: VirtQueue,
-}
-
-impl PciPort {
-    fn queue(&self, q: Queue) -> &VirtQueue {
-        match q {
-            Queue::Rx => &self.rx,
-            Queue::Tx => &self.tx,
-        }
-    }
-
-    fn queue_mut(&mut self, q: Queue) -> &mut VirtQueue {
-        match q {
-            Queue::Rx => &mut self.rx,
-            Queue::Tx => &mut self.tx,
-        }
-    }
-}
-
-impl Port for PciPort {
-    fn add(&mut self, q: Queue, bufs: &[(u64, u32, bool)]) -> io::Result<u16> {
-        self.queue_mut(q).add(bufs)
-    }
-    fn pop_used(&mut self, q: Queue) -> Option<(u16, u32)> {
-        self.queue_mut(q).pop_used()
-    }
-    fn kick(&mut self, q: Queue) {
-        let queue = match q {
-            Queue::Rx => &self.rx,
-            Queue::Tx => &self.tx,
-        };
-        queue.notify(&mut self.transport)
-    }
-    fn queue_size(&self, q: Queue) -> u16 {
-        self.queue(q).size()
-    }
-    fn bad_completions(&self, q: Queue) -> u64 {
-        self.queue(q).bad_completions()
-    }
-    fn features(&self) -> u64 {
-        self.transport.features()
-    }
-    fn read_config(&self) -> io::Result<NetConfig> {
-        let features = self.transport.features();
-        self.transport.read_config(|c| NetConfig::read(c, features))
-    }
-    fn set_interrupts(&mut self, q: Queue, on: bool) {
-        self.queue_mut(q).set_interrupts(on)
-    }
-    fn needs_reset(&self) -> bool {
-        match self.transport.status() {
-            Ok(s) => s & status::DEVICE_NEEDS_RESET != 0,
-            Err(e) => {
-                warn!("virtio-net: reading the device status failed: {e}");
-                false
-            }
-        }
-    }
-}
-
 /// A virtio-net NIC on PCI.
-pub type Nic = VirtioNet<PciPort, Dma<[u8]>>;
+pub type Nic = VirtioNet<PciPort<NetConfig>, Dma<[u8]>>;
 
 /// The NIC's interrupts: MSI-X vector 0 (configuration), 1 (receive
 /// queue), 2 (transmit queue).
@@ -640,9 +549,8 @@ pub fn start(handle: &PciFunctionHandle) -> io::Result<(Nic, Irqs)> {
         ));
     };
     let dma = handle.dma().clone();
-    let nic = VirtioNet::new(PciPort { transport, rx, tx }, |len| {
-        Dma::<[u8]>::zeroed_slice(&dma, len)
-    })?;
+    let port = PciPort::new(transport, vec![rx, tx], NetConfig::read);
+    let nic = VirtioNet::new(port, |len| Dma::<[u8]>::zeroed_slice(&dma, len))?;
     Ok((
         nic,
         Irqs {

@@ -8,22 +8,15 @@
 //! receive queue, transmit queue).
 
 use std::io;
-use std::os::fd::AsFd;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use common::event::EventLoop;
-use log::{info, warn};
+use common::DriverLoop;
+use device::{Irqs, Nic};
 use network::NetworkScheme;
 use pcid_interface::PciFunctionHandle;
-use scheme::{Server, Status};
+use scheme::Server;
 
 mod device;
-
-const TOKEN_SCHEME: u64 = 0;
-const TOKEN_CONFIG_IRQ: u64 = 1;
-const TOKEN_RX_IRQ: u64 = 2;
-const TOKEN_TX_IRQ: u64 = 3;
 
 fn main() -> ExitCode {
     daemon::main_with(run)
@@ -42,53 +35,27 @@ fn run() -> io::Result<()> {
     common::sandbox::enter_sandbox()?;
     daemon.ready()?;
 
-    let mut server = Server::new(fd, scheme)?;
-    let mut events = EventLoop::new()?;
-    events.add(server.as_fd(), TOKEN_SCHEME)?;
-    events.add(irqs.config.as_fd(), TOKEN_CONFIG_IRQ)?;
-    events.add(irqs.rx.as_fd(), TOKEN_RX_IRQ)?;
-    events.add(irqs.tx.as_fd(), TOKEN_TX_IRQ)?;
-    // Set when a round of receiving stopped at its budget: come back at
-    // once for the rest, after the requests that are waiting.
-    let mut backlog = false;
-    loop {
-        let tokens = events.wait(backlog.then_some(Duration::ZERO))?;
-        if backlog {
-            server.scheme_mut().on_irq();
-            server.wake();
-        }
-        for token in tokens {
-            match token {
-                TOKEN_SCHEME => {
-                    if server.process()? == Status::Unmounted {
-                        info!("scheme unmounted; exiting");
-                        return Ok(());
-                    }
-                }
-                TOKEN_RX_IRQ | TOKEN_TX_IRQ => {
-                    let irq = if token == TOKEN_RX_IRQ {
-                        &irqs.rx
-                    } else {
-                        &irqs.tx
-                    };
-                    irq.take()?;
-                    // Reclaims transmit slots and queues received frames
-                    // for the readers.
-                    server.scheme_mut().on_irq();
-                    // Answers parked readers and retries parked writers.
-                    server.wake();
-                }
-                TOKEN_CONFIG_IRQ => {
-                    irqs.config.take()?;
-                    // A device that needs a reset serves nothing more:
-                    // exit, and the supervisor restarts us on a reset
-                    // device.
-                    server.scheme_mut().device_mut().config_changed()?;
-                    server.wake();
-                }
-                other => warn!("event loop: unknown token {other}"),
-            }
-        }
-        backlog = server.scheme().device().rx_backlog();
-    }
+    let Irqs { config, rx, tx } = irqs;
+    // Both queues' interrupts reclaim transmit slots and queue received
+    // frames for the readers; the loop then answers parked readers and
+    // retries parked writers.
+    let on_queue = |nic: &mut NetworkScheme<Nic>| {
+        nic.on_irq();
+        Ok(())
+    };
+    DriverLoop::new(Server::new(fd, scheme)?)?
+        .on_irq(rx, on_queue)?
+        .on_irq(tx, on_queue)?
+        // A device that needs a reset serves nothing more: exit, and the
+        // supervisor restarts us on a reset device.
+        .on_irq(config, |nic: &mut NetworkScheme<Nic>| {
+            nic.device_mut().config_changed().map(drop)
+        })?
+        // A round of receiving that stopped at its budget: come back at
+        // once for the rest, after the requests that are waiting.
+        .with_backlog(
+            |nic: &NetworkScheme<Nic>| nic.device().rx_backlog(),
+            on_queue,
+        )
+        .run()
 }

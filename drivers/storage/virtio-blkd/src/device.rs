@@ -25,7 +25,7 @@ use common::dma::Dma;
 use common::irq::Irq;
 use pcid_interface::PciFunctionHandle;
 use virtio_core::spec::bit;
-use virtio_core::{Buffer, VirtQueue, VirtioDevice, VirtioPci};
+use virtio_core::{Buffer, PciPort, Port, VirtioDevice};
 
 /// Virtio device type of a block device.
 pub const DEVICE_TYPE: u16 = 2;
@@ -137,16 +137,8 @@ impl BlkConfig {
     }
 }
 
-/// The request queue and configuration of one virtio-blk device.
-pub trait Port {
-    fn add(&mut self, bufs: &[(u64, u32, bool)]) -> io::Result<u16>;
-    fn pop_used(&mut self) -> Option<(u16, u32)>;
-    /// Tells the device new requests are available.
-    fn kick(&mut self);
-    fn queue_size(&self) -> u16;
-    fn features(&self) -> u64;
-    fn read_config(&self) -> io::Result<BlkConfig>;
-}
+/// virtio-blk's one queue (spec 5.2.2): requests.
+const REQUEST_QUEUE: usize = 0;
 
 /// Request geometry derived from the features and configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -231,7 +223,7 @@ struct Slot {
 }
 
 /// One virtio-blk disk.
-pub struct VirtioBlk<P: Port, B: Buffer> {
+pub struct VirtioBlk<P: Port<Config = BlkConfig>, B: Buffer> {
     // Declared first so it is dropped first: a real port resets the device
     // before the buffers below are unmapped.
     port: P,
@@ -248,12 +240,12 @@ pub struct VirtioBlk<P: Port, B: Buffer> {
     id: Option<Result<String, Error>>,
 }
 
-impl<P: Port, B: Buffer> VirtioBlk<P, B> {
+impl<P: Port<Config = BlkConfig>, B: Buffer> VirtioBlk<P, B> {
     /// Computes the limits and allocates every slot's memory with `alloc`
     /// (called twice: metadata, then bounce buffers).
     pub fn new(port: P, mut alloc: impl FnMut(usize) -> io::Result<B>) -> io::Result<Self> {
         let config = port.read_config()?;
-        let limits = Limits::new(port.features(), &config, port.queue_size())?;
+        let limits = Limits::new(port.features(), &config, port.queue_size(REQUEST_QUEUE))?;
         let meta = alloc(limits.depth * META_STRIDE)?;
         let data = alloc(limits.depth * limits.max_transfer)?;
         info!(
@@ -276,7 +268,7 @@ impl<P: Port, B: Buffer> VirtioBlk<P, B> {
                 config.max_discard_sectors, config.max_discard_seg
             );
         }
-        let qsize = usize::from(port.queue_size());
+        let qsize = usize::from(port.queue_size(REQUEST_QUEUE));
         Ok(VirtioBlk {
             port,
             meta,
@@ -287,6 +279,29 @@ impl<P: Port, B: Buffer> VirtioBlk<P, B> {
             by_token: vec![None; qsize],
             id: None,
         })
+    }
+
+    /// After a configuration-change interrupt. An error only if the device
+    /// has stopped working (DEVICE_NEEDS_RESET): nothing but a reset brings
+    /// it back, so the daemon exits and the supervisor restarts it on a
+    /// reset device. A new capacity is logged; the served size stays what
+    /// it was at start (partitions were read against it).
+    pub fn config_changed(&mut self) -> io::Result<()> {
+        if self.port.needs_reset() {
+            return Err(io::Error::other(
+                "device set DEVICE_NEEDS_RESET: it has stopped working",
+            ));
+        }
+        match self.refresh_capacity() {
+            Ok((old, new)) if old != new => info!(
+                "capacity changed: {old} -> {new} blocks of {} bytes \
+                 (served size is fixed at start; restart to use it)",
+                self.limits.block_size
+            ),
+            Ok(_) => info!("configuration change (capacity unchanged)"),
+            Err(e) => warn!("re-reading the configuration failed: {e}"),
+        }
+        Ok(())
     }
 
     /// Re-reads the capacity (after a configuration-change interrupt).
@@ -376,7 +391,7 @@ impl<P: Port, B: Buffer> VirtioBlk<P, B> {
         }
         chain.push((meta_iova + STATUS_OFF as u64, 1, true));
 
-        match self.port.add(&chain) {
+        match self.port.add(REQUEST_QUEUE, &chain) {
             Ok(token) => {
                 let Some(entry) = self.by_token.get_mut(usize::from(token)) else {
                     // The ring handed out a token beyond its size: a bug,
@@ -386,7 +401,7 @@ impl<P: Port, B: Buffer> VirtioBlk<P, B> {
                 };
                 *entry = Some(slot);
                 self.slots[slot] = Some(Slot { tag, kind });
-                self.port.kick();
+                self.port.kick(REQUEST_QUEUE);
                 Ok(())
             }
             Err(e) => {
@@ -448,7 +463,7 @@ fn serial_text(raw: &[u8]) -> String {
     String::from_utf8_lossy(&raw[..end]).trim().to_owned()
 }
 
-impl<P: Port, B: Buffer> BlockDevice for VirtioBlk<P, B> {
+impl<P: Port<Config = BlkConfig>, B: Buffer> BlockDevice for VirtioBlk<P, B> {
     fn info(&self) -> DiskInfo {
         DiskInfo {
             block_size: self.limits.block_size,
@@ -496,7 +511,7 @@ impl<P: Port, B: Buffer> BlockDevice for VirtioBlk<P, B> {
     }
 
     fn complete(&mut self, done: &mut Vec<Done>) {
-        while let Some((token, written)) = self.port.pop_used() {
+        while let Some((token, written)) = self.port.pop_used(REQUEST_QUEUE) {
             let Some(slot) = self
                 .by_token
                 .get_mut(usize::from(token))
@@ -525,38 +540,8 @@ impl<P: Port, B: Buffer> BlockDevice for VirtioBlk<P, B> {
 #[cfg(test)]
 mod tests;
 
-/// The real port: the PCI transport and request queue 0.
-pub struct PciPort {
-    // First, so it is dropped first: resetting the device stops its DMA
-    // before the queue's rings are unmapped.
-    transport: VirtioPci,
-    queue: VirtQueue,
-}
-
-impl Port for PciPort {
-    fn add(&mut self, bufs: &[(u64, u32, bool)]) -> io::Result<u16> {
-        self.queue.add(bufs)
-    }
-    fn pop_used(&mut self) -> Option<(u16, u32)> {
-        self.queue.pop_used()
-    }
-    fn kick(&mut self) {
-        self.queue.notify(&mut self.transport)
-    }
-    fn queue_size(&self) -> u16 {
-        self.queue.size()
-    }
-    fn features(&self) -> u64 {
-        self.transport.features()
-    }
-    fn read_config(&self) -> io::Result<BlkConfig> {
-        let features = self.transport.features();
-        self.transport.read_config(|c| BlkConfig::read(c, features))
-    }
-}
-
 /// A virtio-blk disk on PCI.
-pub type Disk = VirtioBlk<PciPort, Dma<[u8]>>;
+pub type Disk = VirtioBlk<PciPort<BlkConfig>, Dma<[u8]>>;
 
 /// The disk's interrupts (MSI-X vector 1 and 0).
 pub struct Irqs {
@@ -578,9 +563,8 @@ pub fn start(handle: &PciFunctionHandle) -> io::Result<(Disk, Irqs)> {
         return Err(io::Error::other("virtio-core started no request queue"));
     };
     let dma = handle.dma().clone();
-    let disk = VirtioBlk::new(PciPort { transport, queue }, |len| {
-        Dma::<[u8]>::zeroed_slice(&dma, len)
-    })?;
+    let port = PciPort::new(transport, vec![queue], BlkConfig::read);
+    let disk = VirtioBlk::new(port, |len| Dma::<[u8]>::zeroed_slice(&dma, len))?;
     Ok((
         disk,
         Irqs {

@@ -6,25 +6,21 @@
 //! loop over the FUSE fd and the two MSI-X eventfds.
 
 use std::io;
-use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use block::{BlockDevice, DiskScheme};
-use common::event::EventLoop;
+use block::DiskScheme;
+use common::DriverLoop;
+use device::{Disk, Irqs};
 use log::{info, warn};
 use pcid_interface::PciFunctionHandle;
-use scheme::{Server, Status};
+use scheme::Server;
 
 mod device;
 
 /// Start-up requests (serial, partition table) must finish within this;
 /// TCG is slow, so it is generous.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
-
-const TOKEN_SCHEME: u64 = 0;
-const TOKEN_QUEUE_IRQ: u64 = 1;
-const TOKEN_CONFIG_IRQ: u64 = 2;
 
 fn main() -> ExitCode {
     daemon::main_with(run)
@@ -63,44 +59,21 @@ fn run() -> io::Result<()> {
     common::sandbox::enter_sandbox()?;
     daemon.ready()?;
 
-    let mut server = Server::new(fd, scheme)?;
-    let mut events = EventLoop::new()?;
-    events.add(server.as_fd(), TOKEN_SCHEME)?;
-    events.add(irqs.queue.as_fd(), TOKEN_QUEUE_IRQ)?;
-    events.add(irqs.config.as_fd(), TOKEN_CONFIG_IRQ)?;
-    loop {
-        for token in events.wait(None)? {
-            match token {
-                TOKEN_SCHEME => {
-                    if server.process()? == Status::Unmounted {
-                        info!("scheme unmounted; exiting");
-                        return Ok(());
-                    }
-                }
-                TOKEN_QUEUE_IRQ => {
-                    irqs.queue.take()?;
-                    server.scheme_mut().on_irq();
-                    // Answers the requests that finished and retries any
-                    // that waited for queue space.
-                    server.wake();
-                }
-                TOKEN_CONFIG_IRQ => {
-                    irqs.config.take()?;
-                    let Some(disk) = server.scheme_mut().device_mut(0) else {
-                        continue;
-                    };
-                    match disk.refresh_capacity() {
-                        Ok((old, new)) if old != new => info!(
-                            "capacity changed: {old} -> {new} blocks of {} bytes \
-                             (served size is fixed at start; restart to use it)",
-                            disk.info().block_size
-                        ),
-                        Ok(_) => info!("configuration change (capacity unchanged)"),
-                        Err(e) => warn!("re-reading the configuration failed: {e}"),
-                    }
-                }
-                other => warn!("event loop: unknown token {other}"),
+    let Irqs { queue, config } = irqs;
+    DriverLoop::new(Server::new(fd, scheme)?)?
+        // Collects finished requests; the loop then answers them and
+        // retries any that waited for queue space.
+        .on_irq(queue, |disk: &mut DiskScheme<Disk>| {
+            disk.on_irq();
+            Ok(())
+        })?
+        // A device that needs a reset ends the daemon (the supervisor
+        // restarts it on a reset device); a new capacity is reported.
+        .on_irq(config, |disk: &mut DiskScheme<Disk>| {
+            match disk.device_mut(0) {
+                Some(disk) => disk.config_changed(),
+                None => Ok(()),
             }
-        }
-    }
+        })?
+        .run()
 }

@@ -110,11 +110,7 @@ pub trait DescMem<T> {
     fn store(&mut self, i: usize, d: T);
 }
 
-/// Buffer memory the device reads or writes at `iova()`.
-pub trait Buffer {
-    fn iova(&self) -> u64;
-    fn bytes(&mut self) -> &mut [u8];
-}
+pub use common::dma::Buffer;
 
 impl<T: Copy + FromZeros + HasStatus> DescMem<T> for common::dma::Dma<[T]> {
     fn count(&self) -> usize {
@@ -153,15 +149,6 @@ impl<T: Copy + FromZeros + HasStatus> DescMem<T> for common::dma::Dma<[T]> {
         // SAFETY: in bounds and aligned as above; `&mut self` is exclusive
         // on the CPU side.
         unsafe { self.as_mut_ptr().cast::<T>().add(i).write_volatile(d) }
-    }
-}
-
-impl Buffer for common::dma::Dma<[u8]> {
-    fn iova(&self) -> u64 {
-        common::dma::Dma::iova(self)
-    }
-    fn bytes(&mut self) -> &mut [u8] {
-        self
     }
 }
 

@@ -11,83 +11,10 @@ use network::NetworkScheme;
 use scheme::{CallerCtx, Scheme};
 use syscall::error::{EAGAIN, EINVAL};
 use syscall::flag::{O_RDONLY, O_RDWR};
-use virtio_core::testing::{ring, BufferMap, Desc, HostMem, SimDevice, TestBuf};
-use virtio_core::SplitRing;
+use virtio_core::testing::{ring, BufferMap, Desc, PortCtl, SimDevice, TestBuf, TestPort};
 
 use super::*;
 
-struct TestPort {
-    rx: SplitRing<HostMem>,
-    tx: SplitRing<HostMem>,
-    features: u64,
-    config: Rc<Cell<NetConfig>>,
-    fail_config: Rc<Cell<bool>>,
-    needs_reset: Rc<Cell<bool>>,
-    /// Doorbells per queue.
-    kicks: Rc<Cell<[usize; 2]>>,
-    /// The transmit queue's device side, shared with `Sim`.
-    tx_dev: Rc<RefCell<SimDevice>>,
-    /// A transmit chain the device completes at the moment the driver asks
-    /// for transmit interrupts (the race the driver must close).
-    complete_on_tx_irq: Rc<Cell<Option<u16>>>,
-}
-
-impl TestPort {
-    fn ring(&mut self, q: Queue) -> &mut SplitRing<HostMem> {
-        match q {
-            Queue::Rx => &mut self.rx,
-            Queue::Tx => &mut self.tx,
-        }
-    }
-}
-
-impl Port for TestPort {
-    fn add(&mut self, q: Queue, bufs: &[(u64, u32, bool)]) -> io::Result<u16> {
-        self.ring(q).add(bufs)
-    }
-    fn pop_used(&mut self, q: Queue) -> Option<(u16, u32)> {
-        self.ring(q).pop_used()
-    }
-    fn kick(&mut self, q: Queue) {
-        let mut k = self.kicks.get();
-        k[q as usize] += 1;
-        self.kicks.set(k);
-    }
-    fn queue_size(&self, q: Queue) -> u16 {
-        match q {
-            Queue::Rx => self.rx.size(),
-            Queue::Tx => self.tx.size(),
-        }
-    }
-    fn bad_completions(&self, q: Queue) -> u64 {
-        match q {
-            Queue::Rx => self.rx.bad_completions(),
-            Queue::Tx => self.tx.bad_completions(),
-        }
-    }
-    fn features(&self) -> u64 {
-        self.features
-    }
-    fn read_config(&self) -> io::Result<NetConfig> {
-        if self.fail_config.get() {
-            return Err(io::Error::other("configuration kept changing"));
-        }
-        Ok(self.config.get())
-    }
-    fn needs_reset(&self) -> bool {
-        self.needs_reset.get()
-    }
-    fn set_interrupts(&mut self, q: Queue, on: bool) {
-        self.ring(q).set_interrupts(on);
-        if q == Queue::Tx && on {
-            if let Some(head) = self.complete_on_tx_irq.take() {
-                self.tx_dev.borrow_mut().complete(u32::from(head), 0);
-            }
-        }
-    }
-}
-
-/// Host memory posing as DMA memory at a made-up IOVA.
 const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x06];
 
 struct Sim {
@@ -98,10 +25,10 @@ struct Sim {
     rx_bufs: VecDeque<(u16, Vec<Desc>)>,
     /// Transmit chains taken but not completed.
     tx_taken: Vec<u16>,
-    config: Rc<Cell<NetConfig>>,
-    fail_config: Rc<Cell<bool>>,
-    needs_reset: Rc<Cell<bool>>,
-    kicks: Rc<Cell<[usize; 2]>>,
+    /// The port's configuration, status and doorbells.
+    port: PortCtl<NetConfig>,
+    /// A transmit chain the device completes at the moment the driver asks
+    /// for transmit interrupts (the race the driver must close).
     complete_on_tx_irq: Rc<Cell<Option<u16>>>,
 }
 
@@ -157,36 +84,33 @@ impl Sim {
     }
 
     fn set_status(&self, status: u16) {
-        self.config.set(NetConfig {
+        self.port.set_config(NetConfig {
             status,
-            ..self.config.get()
+            ..self.port.config()
+        });
+    }
+
+    /// Has the device complete transmit chain `head` at the moment the
+    /// driver next asks for transmit interrupts.
+    fn complete_when_tx_irq_asked(&self, head: u16) {
+        self.complete_on_tx_irq.set(Some(head));
+        let (cell, dev) = (self.complete_on_tx_irq.clone(), self.tx.clone());
+        self.port.on_interrupts_enabled(TX, move || {
+            if let Some(head) = cell.take() {
+                dev.borrow_mut().complete(u32::from(head), 0);
+            }
         });
     }
 }
 
-type Nic = VirtioNet<TestPort, TestBuf>;
+type Nic = VirtioNet<TestPort<NetConfig>, TestBuf>;
 
 fn setup_with(features: u64, status: u16, rx_size: u16, tx_size: u16) -> io::Result<(Nic, Sim)> {
     let rx = ring(rx_size);
     let tx = ring(tx_size);
     let sim_rx = SimDevice::new(&rx);
     let sim_tx = Rc::new(RefCell::new(SimDevice::new(&tx)));
-    let complete_on_tx_irq = Rc::new(Cell::new(None));
-    let config = Rc::new(Cell::new(NetConfig { mac: MAC, status }));
-    let needs_reset = Rc::new(Cell::new(false));
-    let fail_config = Rc::new(Cell::new(false));
-    let kicks = Rc::new(Cell::new([0, 0]));
-    let port = TestPort {
-        rx,
-        tx,
-        features,
-        config: config.clone(),
-        fail_config: fail_config.clone(),
-        needs_reset: needs_reset.clone(),
-        kicks: kicks.clone(),
-        tx_dev: sim_tx.clone(),
-        complete_on_tx_irq: complete_on_tx_irq.clone(),
-    };
+    let (port, ctl) = TestPort::new(vec![rx, tx], features, NetConfig { mac: MAC, status });
     let bufs = BufferMap::new();
     let nic = VirtioNet::new(port, |len| bufs.alloc(len))?;
     let sim = Sim {
@@ -195,11 +119,8 @@ fn setup_with(features: u64, status: u16, rx_size: u16, tx_size: u16) -> io::Res
         bufs,
         rx_bufs: VecDeque::new(),
         tx_taken: Vec::new(),
-        config,
-        fail_config,
-        needs_reset,
-        kicks,
-        complete_on_tx_irq,
+        port: ctl,
+        complete_on_tx_irq: Rc::new(Cell::new(None)),
     };
     Ok((nic, sim))
 }
@@ -228,7 +149,7 @@ fn receive_ring_is_full_at_start() {
     let (nic, mut sim) = setup(16, 8);
     assert_eq!(nic.mac_address(), MAC);
     assert!(nic.link_up());
-    assert_eq!(sim.kicks.get(), [1, 0], "one doorbell for the whole fill");
+    assert_eq!(sim.port.kicks(), [1, 0], "one doorbell for the whole fill");
     sim.fetch_rx();
     assert_eq!(sim.rx_bufs.len(), 16);
     assert_eq!(nic.rx_posted(), 16);
@@ -253,12 +174,12 @@ fn frames_arrive_without_header_and_buffers_go_back() {
     }
     sim.fetch_rx();
     assert_eq!(sim.rx_bufs.len(), 13);
-    let kicks = sim.kicks.get()[0];
+    let kicks = sim.port.kicks()[0];
     let got = drain(&mut nic);
     assert_eq!(got, frames);
     // Every buffer went back into the ring and the device was told.
     assert_eq!(nic.rx_posted(), 16);
-    assert_eq!(sim.kicks.get()[0], kicks + 1);
+    assert_eq!(sim.port.kicks()[0], kicks + 1);
     sim.fetch_rx();
     assert_eq!(sim.rx_bufs.len(), 16);
     assert_eq!(nic.errors(), DeviceErrors::default());
@@ -307,11 +228,11 @@ fn refills_are_announced_in_batches() {
     for i in 0..64 {
         sim.deliver(&frame(i, 100));
     }
-    let before = sim.kicks.get()[0];
+    let before = sim.port.kicks()[0];
     for _ in 0..KICK_BATCH {
         assert!(nic.receive().is_some());
     }
-    assert_eq!(sim.kicks.get()[0], before + 1);
+    assert_eq!(sim.port.kicks()[0], before + 1);
     sim.fetch_rx();
     assert_eq!(sim.rx_bufs.len(), KICK_BATCH);
     assert_eq!(drain(&mut nic).len(), 64 - KICK_BATCH);
@@ -399,7 +320,7 @@ fn transmit_sends_a_zero_header_and_reclaims_slots() {
     for f in &frames {
         nic.transmit(f).unwrap();
     }
-    assert_eq!(sim.kicks.get()[1], 4);
+    assert_eq!(sim.port.kicks()[1], 4);
     assert_eq!(nic.tx_in_flight(), 4);
     // Ring full: EAGAIN, and nothing reaches the device.
     assert_eq!(
@@ -430,7 +351,7 @@ fn transmit_refuses_bad_sizes() {
         assert_eq!(nic.transmit(&vec![0; len]).unwrap_err().errno, EINVAL);
     }
     assert!(sim.take_tx().is_empty());
-    assert_eq!(sim.kicks.get()[1], 0);
+    assert_eq!(sim.port.kicks()[1], 0);
 }
 
 #[test]
@@ -449,13 +370,13 @@ fn link_changes_follow_the_status_field() {
     assert_eq!(nic.config_changed().unwrap(), Some(false));
     assert!(!nic.link_up());
     // An unreadable configuration keeps the link as it was.
-    sim.fail_config.set(true);
+    sim.port.set_fail_config(true);
     assert_eq!(nic.config_changed().unwrap(), None);
     assert!(!nic.link_up());
-    sim.fail_config.set(false);
+    sim.port.set_fail_config(false);
     // A device that needs a reset is reported, and the link is down.
     sim.set_status(S_LINK_UP);
-    sim.needs_reset.set(true);
+    sim.port.set_needs_reset(true);
     assert!(nic.config_changed().is_err());
     assert!(!nic.link_up());
 }
@@ -551,7 +472,7 @@ fn a_completion_racing_the_interrupt_request_is_not_lost() {
     nic.transmit(&f).unwrap();
     nic.transmit(&f).unwrap();
     sim.take_tx();
-    sim.complete_on_tx_irq.set(Some(sim.tx_taken[0]));
+    sim.complete_when_tx_irq_asked(sim.tx_taken[0]);
     nic.transmit(&f).unwrap();
     assert_eq!(sim.complete_on_tx_irq.get(), None, "the race was exercised");
     assert!(!sim.tx.borrow().interrupts_wanted());

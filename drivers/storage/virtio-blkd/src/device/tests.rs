@@ -2,44 +2,11 @@
 //! host memory: the device side parses our descriptor chains as the spec
 //! says and serves them from an in-memory disk image.
 
-use std::cell::RefCell;
-use std::rc::Rc;
-
 use syscall::error::{EAGAIN, EINVAL, EIO, EOPNOTSUPP, EROFS};
-use virtio_core::testing::{ring, BufferMap, Desc, HostMem, SimDevice, TestBuf};
-use virtio_core::SplitRing;
+use virtio_core::testing::{ring, BufferMap, Desc, PortCtl, SimDevice, TestBuf, TestPort};
 
 use super::*;
 
-struct TestPort {
-    ring: SplitRing<HostMem>,
-    features: u64,
-    config: Rc<RefCell<BlkConfig>>,
-    kicks: Rc<RefCell<usize>>,
-}
-
-impl Port for TestPort {
-    fn add(&mut self, bufs: &[(u64, u32, bool)]) -> io::Result<u16> {
-        self.ring.add(bufs)
-    }
-    fn pop_used(&mut self) -> Option<(u16, u32)> {
-        self.ring.pop_used()
-    }
-    fn kick(&mut self) {
-        *self.kicks.borrow_mut() += 1;
-    }
-    fn queue_size(&self) -> u16 {
-        self.ring.size()
-    }
-    fn features(&self) -> u64 {
-        self.features
-    }
-    fn read_config(&self) -> io::Result<BlkConfig> {
-        Ok(*self.config.borrow())
-    }
-}
-
-/// Host memory posing as DMA memory at a made-up IOVA.
 /// What the simulated device does with the next requests.
 #[derive(Clone, Copy, PartialEq)]
 enum Behaviour {
@@ -151,28 +118,19 @@ impl Sim {
     }
 }
 
-/// The disk, its simulated device, its configuration and kick counter.
-type Setup = (
-    VirtioBlk<TestPort, TestBuf>,
-    Sim,
-    Rc<RefCell<BlkConfig>>,
-    Rc<RefCell<usize>>,
-);
+type Blk = VirtioBlk<TestPort<BlkConfig>, TestBuf>;
+
+/// The disk, its simulated device, and its port's controls (configuration,
+/// status, doorbells).
+type Setup = (Blk, Sim, PortCtl<BlkConfig>);
 
 fn setup(features: u64, config: BlkConfig, queue: u16) -> Setup {
     let r = ring(queue);
     let dev = SimDevice::new(&r);
-    let config = Rc::new(RefCell::new(config));
-    let kicks = Rc::new(RefCell::new(0));
-    let port = TestPort {
-        ring: r,
-        features,
-        config: config.clone(),
-        kicks: kicks.clone(),
-    };
+    let (port, ctl) = TestPort::new(vec![r], features, config);
     let bufs = BufferMap::new();
     let blk = VirtioBlk::new(port, |len| bufs.alloc(len)).unwrap();
-    let disk: Vec<u8> = (0..config.borrow().capacity as usize * 512)
+    let disk: Vec<u8> = (0..config.capacity as usize * 512)
         .map(|i| (i * 7 + i / 512) as u8)
         .collect();
     let sim = Sim {
@@ -184,7 +142,7 @@ fn setup(features: u64, config: BlkConfig, queue: u16) -> Setup {
         ready: Vec::new(),
         seen: Vec::new(),
     };
-    (blk, sim, config, kicks)
+    (blk, sim, ctl)
 }
 
 fn cfg(capacity_sectors: u64) -> BlkConfig {
@@ -194,7 +152,7 @@ fn cfg(capacity_sectors: u64) -> BlkConfig {
     }
 }
 
-fn drain(blk: &mut VirtioBlk<TestPort, TestBuf>) -> Vec<Done> {
+fn drain(blk: &mut Blk) -> Vec<Done> {
     let mut done = Vec::new();
     blk.complete(&mut done);
     done
@@ -275,7 +233,7 @@ fn limits_from_features_and_config() {
 
 #[test]
 fn write_then_read_back() {
-    let (mut blk, mut sim, _, kicks) = setup(0, cfg(2048), 64);
+    let (mut blk, mut sim, ctl) = setup(0, cfg(2048), 64);
     let info = blk.info();
     assert_eq!(
         (info.block_size, info.blocks, info.queue_depth),
@@ -290,7 +248,7 @@ fn write_then_read_back() {
         },
     )
     .unwrap();
-    assert_eq!(*kicks.borrow(), 1);
+    assert_eq!(ctl.kicks(), [1]);
     assert!(
         drain(&mut blk).is_empty(),
         "nothing finished before the device ran"
@@ -326,7 +284,7 @@ fn write_then_read_back() {
 
 #[test]
 fn many_in_flight_complete_out_of_order() {
-    let (mut blk, mut sim, _, _) = setup(0, cfg(4096), 64);
+    let (mut blk, mut sim, _) = setup(0, cfg(4096), 64);
     let depth = blk.info().queue_depth;
     for i in 0..depth as u64 {
         blk.submit(
@@ -373,7 +331,7 @@ fn many_in_flight_complete_out_of_order() {
 
 #[test]
 fn device_errors_become_errnos() {
-    let (mut blk, mut sim, config, _) = setup(bit(feature::FLUSH), cfg(64), 16);
+    let (mut blk, mut sim, ctl) = setup(bit(feature::FLUSH), cfg(64), 16);
     // The device shrank behind our back: its IOERR reaches the caller.
     sim.disk.truncate(32 * 512);
     blk.submit(1, Op::Read { lba: 40, blocks: 1 }).unwrap();
@@ -396,14 +354,14 @@ fn device_errors_become_errnos() {
     sim.run();
     assert_eq!(drain(&mut blk)[0].result, Ok(Vec::new()));
     // Capacity change.
-    config.borrow_mut().capacity = 128;
+    ctl.set_config(cfg(128));
     assert_eq!(blk.refresh_capacity().unwrap(), (64, 128));
     assert_eq!(blk.info().blocks, 128);
 }
 
 #[test]
 fn bad_requests_are_refused_before_the_device() {
-    let (mut blk, sim, _, kicks) = setup(0, cfg(64), 16);
+    let (mut blk, sim, ctl) = setup(0, cfg(64), 16);
     let max_blocks = (blk.info().max_transfer / 512) as u32;
     let cases: Vec<(Op<'_>, i32)> = vec![
         (Op::Read { lba: 0, blocks: 0 }, EINVAL),
@@ -442,10 +400,10 @@ fn bad_requests_are_refused_before_the_device() {
     for (op, errno) in cases {
         assert_eq!(blk.submit(1, op).unwrap_err().errno, errno, "{op:?}");
     }
-    assert_eq!(*kicks.borrow(), 0);
+    assert_eq!(ctl.kicks(), [0]);
     drop(sim);
 
-    let (mut ro, _sim, _, _) = setup(bit(feature::RO), cfg(64), 16);
+    let (mut ro, _sim, _) = setup(bit(feature::RO), cfg(64), 16);
     assert!(ro.info().read_only);
     assert_eq!(
         ro.submit(
@@ -470,7 +428,7 @@ fn large_blocks_and_small_segments() {
         ..cfg(1024)
     };
     let features = bit(feature::BLK_SIZE) | bit(feature::SIZE_MAX) | bit(feature::SEG_MAX);
-    let (mut blk, mut sim, _, _) = setup(features, c, 64);
+    let (mut blk, mut sim, _) = setup(features, c, 64);
     let info = blk.info();
     assert_eq!(
         (info.block_size, info.blocks, info.max_transfer),
@@ -499,7 +457,7 @@ fn large_blocks_and_small_segments() {
 
 #[test]
 fn serial_number() {
-    let (mut blk, mut sim, _, _) = setup(0, cfg(64), 16);
+    let (mut blk, mut sim, _) = setup(0, cfg(64), 16);
     let id = blk
         .identify(Duration::from_secs(5), |_| {
             sim.run();
@@ -543,4 +501,22 @@ fn serial_number() {
     sim.behaviour = Behaviour::Normal;
     sim.run();
     assert!(drain(&mut blk).is_empty());
+}
+
+/// The configuration interrupt: a new capacity is taken in, and a device
+/// that set DEVICE_NEEDS_RESET is an error (the daemon exits on it, to be
+/// restarted on a reset device), as in virtio-netd.
+#[test]
+fn a_device_needing_a_reset_is_an_error_on_the_config_interrupt() {
+    let (mut blk, _sim, ctl) = setup(0, cfg(64), 16);
+    ctl.set_config(cfg(128));
+    blk.config_changed().unwrap();
+    assert_eq!(blk.info().blocks, 128);
+    // A configuration that cannot be read is logged; the disk goes on.
+    ctl.set_fail_config(true);
+    blk.config_changed().unwrap();
+    assert_eq!(blk.info().blocks, 128);
+    ctl.set_needs_reset(true);
+    let e = blk.config_changed().unwrap_err();
+    assert!(e.to_string().contains("DEVICE_NEEDS_RESET"), "{e}");
 }

@@ -1,10 +1,10 @@
 //! `NetworkScheme`: the `network.*` namespace over one NIC (the file
 //! semantics are documented in the crate root).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use log::warn;
-use scheme::{CallerCtx, DirentBuf, DirentKind, OpenResult, Scheme, Stat};
+use scheme::{CallerCtx, DirentBuf, DirentKind, Handles, OpenResult, Scheme, Stat};
 use syscall::error::{
     Error, Result, EACCES, EAGAIN, EBADF, EINVAL, EISDIR, ENOENT, ENOTDIR, EWOULDBLOCK,
 };
@@ -60,10 +60,8 @@ struct Counters {
 /// The `network.*` scheme over one NIC.
 pub struct NetworkScheme<D: NetworkDevice> {
     device: D,
-    /// Open handles by id. Not `scheme::Handles`: receiving walks every
-    /// reader's queue mutably.
-    handles: BTreeMap<usize, Handle>,
-    next_id: usize,
+    /// Open handles by id.
+    handles: Handles<Handle>,
     counters: Counters,
     /// The last transmit found the TX ring full and no interrupt came
     /// since (the device cannot tell us it has room otherwise).
@@ -77,8 +75,7 @@ impl<D: NetworkDevice> NetworkScheme<D> {
     pub fn new(device: D) -> Self {
         NetworkScheme {
             device,
-            handles: BTreeMap::new(),
-            next_id: 0,
+            handles: Handles::new(),
             counters: Counters::default(),
             tx_full: false,
             uid: rustix::process::getuid().as_raw(),
@@ -147,7 +144,7 @@ impl<D: NetworkDevice> NetworkScheme<D> {
 
     /// One queued frame into `buf` (`EAGAIN` if none).
     fn read_frame(&mut self, id: usize, buf: &mut [u8]) -> Result<usize> {
-        let h = self.handles.get_mut(&id).ok_or(Error::new(EBADF))?;
+        let h = self.handles.get_mut(id)?;
         if buf.is_empty() {
             return Ok(0);
         }
@@ -229,18 +226,13 @@ impl<D: NetworkDevice> Scheme for NetworkScheme<D> {
                 }
             }
         }
-        let id = self.next_id;
-        self.next_id += 1;
-        self.handles.insert(
-            id,
-            Handle {
-                target,
-                read,
-                write,
-                queue: VecDeque::new(),
-                snapshot: None,
-            },
-        );
+        let id = self.handles.insert(Handle {
+            target,
+            read,
+            write,
+            queue: VecDeque::new(),
+            snapshot: None,
+        });
         // O_TRUNC is ignored: there is nothing to truncate.
         Ok(if target == Target::Frames {
             OpenResult::stream(id)
@@ -257,7 +249,7 @@ impl<D: NetworkDevice> Scheme for NetworkScheme<D> {
         _fcntl_flags: u32,
         _ctx: &CallerCtx,
     ) -> Result<usize> {
-        let h = self.handles.get(&id).ok_or(Error::new(EBADF))?;
+        let h = self.handles.get(id)?;
         let target = h.target;
         if target == Target::Root {
             return Err(Error::new(EISDIR));
@@ -271,7 +263,7 @@ impl<D: NetworkDevice> Scheme for NetworkScheme<D> {
         // An info file: a read at 0 (or the first read) takes a snapshot,
         // so a reader going through it in pieces sees one consistent text.
         let fresh = (offset == 0 || h.snapshot.is_none()).then(|| self.info_text(target));
-        let h = self.handles.get_mut(&id).ok_or(Error::new(EBADF))?;
+        let h = self.handles.get_mut(id)?;
         if let Some(text) = fresh {
             h.snapshot = Some(text);
         }
@@ -287,7 +279,7 @@ impl<D: NetworkDevice> Scheme for NetworkScheme<D> {
         _fcntl_flags: u32,
         _ctx: &CallerCtx,
     ) -> Result<usize> {
-        let h = self.handles.get(&id).ok_or(Error::new(EBADF))?;
+        let h = self.handles.get(id)?;
         match h.target {
             Target::Root => return Err(Error::new(EISDIR)),
             Target::Frames if h.write => {}
@@ -315,7 +307,7 @@ impl<D: NetworkDevice> Scheme for NetworkScheme<D> {
     }
 
     fn fstat(&mut self, id: usize, stat: &mut Stat, _ctx: &CallerCtx) -> Result<()> {
-        let target = self.handles.get(&id).ok_or(Error::new(EBADF))?.target;
+        let target = self.handles.get(id)?.target;
         stat.st_uid = self.uid;
         stat.st_gid = self.gid;
         stat.st_nlink = 1;
@@ -343,7 +335,7 @@ impl<D: NetworkDevice> Scheme for NetworkScheme<D> {
         opaque_offset: u64,
         _ctx: &CallerCtx,
     ) -> Result<()> {
-        let h = self.handles.get(&id).ok_or(Error::new(EBADF))?;
+        let h = self.handles.get(id)?;
         if h.target != Target::Root {
             return Err(Error::new(ENOTDIR));
         }
@@ -355,7 +347,7 @@ impl<D: NetworkDevice> Scheme for NetworkScheme<D> {
     }
 
     fn fevent(&mut self, id: usize, flags: EventFlags, _ctx: &CallerCtx) -> Result<EventFlags> {
-        let h = self.handles.get(&id).ok_or(Error::new(EBADF))?;
+        let h = self.handles.get(id)?;
         if h.target != Target::Frames {
             return Ok(flags);
         }
@@ -371,10 +363,10 @@ impl<D: NetworkDevice> Scheme for NetworkScheme<D> {
 
     fn ftruncate(&mut self, id: usize, _len: u64, _ctx: &CallerCtx) -> Result<()> {
         // Nothing to truncate (a shell's `>` redirection must still work).
-        self.handles.get(&id).map(|_| ()).ok_or(Error::new(EBADF))
+        self.handles.get(id).map(|_| ())
     }
 
     fn on_close(&mut self, id: usize) {
-        self.handles.remove(&id);
+        self.handles.remove(id);
     }
 }

@@ -1,0 +1,132 @@
+//! A driver daemon's one event loop: its scheme and its interrupts.
+//!
+//! Every driver runs the same loop (Redox's drivers each write it out): wait
+//! on the FUSE fd and the interrupt eventfds; a readable FUSE fd means
+//! requests ([`Server::process`]), until the mount goes away; a fired
+//! interrupt runs the driver's handler for it between taking the eventfd's
+//! count and acknowledging the line, then lets the scheme answer what the
+//! interrupt finished ([`Server::wake`]). A driver's `main.rs` hands this
+//! loop its handlers and calls [`DriverLoop::run`]; the device logic stays
+//! in the scheme. Anything every driver's loop must do (the supervisor's
+//! heartbeat, orderly removal) belongs here, once.
+
+use std::io;
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use log::{info, warn};
+use scheme::{Scheme, Server, Status};
+
+use crate::event::EventLoop;
+use crate::irq::Irq;
+
+/// What a handler may do to the driver: everything the scheme owns.
+type Handler<S> = Box<dyn FnMut(&mut S) -> io::Result<()>>;
+
+/// The FUSE fd's token; interrupt `i` is `i + 1`.
+const SCHEME_TOKEN: u64 = 0;
+
+/// One interrupt and what it means to the driver.
+struct IrqArm<S> {
+    irq: Irq,
+    handler: Handler<S>,
+}
+
+/// Work a round left undone on purpose (a receive budget ran out): the
+/// loop comes straight back for it, after the requests already waiting.
+struct Backlog<S> {
+    pending: Box<dyn Fn(&S) -> bool>,
+    work: Handler<S>,
+}
+
+/// A driver's scheme server and the interrupts it serves.
+pub struct DriverLoop<S: Scheme> {
+    server: Server<S>,
+    events: EventLoop,
+    irqs: Vec<IrqArm<S>>,
+    backlog: Option<Backlog<S>>,
+}
+
+impl<S: Scheme> DriverLoop<S> {
+    pub fn new(server: Server<S>) -> io::Result<DriverLoop<S>> {
+        let events = EventLoop::new()?;
+        events.add(server.as_fd(), SCHEME_TOKEN)?;
+        Ok(DriverLoop {
+            server,
+            events,
+            irqs: Vec::new(),
+            backlog: None,
+        })
+    }
+
+    /// On each firing of `irq`: its count is taken, `handler` runs (read
+    /// and clear the device's cause, reclaim, complete), then the line is
+    /// acknowledged — only now, since unmasking a level-triggered INTx
+    /// line while its cause is still set would fire it again at once — and
+    /// the scheme answers what became possible. An error from `handler`
+    /// ends the loop, and with it the daemon: for a device that has stopped
+    /// working, so the supervisor restarts it on a reset device.
+    pub fn on_irq(
+        mut self,
+        irq: Irq,
+        handler: impl FnMut(&mut S) -> io::Result<()> + 'static,
+    ) -> io::Result<DriverLoop<S>> {
+        let token = self.irqs.len() as u64 + 1;
+        self.events.add(irq.as_fd(), token)?;
+        self.irqs.push(IrqArm {
+            irq,
+            handler: Box::new(handler),
+        });
+        Ok(self)
+    }
+
+    /// While `pending` says a round left work behind, the loop does not
+    /// sleep: it serves what is ready, then runs `work` and answers what it
+    /// finished.
+    pub fn with_backlog(
+        mut self,
+        pending: impl Fn(&S) -> bool + 'static,
+        work: impl FnMut(&mut S) -> io::Result<()> + 'static,
+    ) -> DriverLoop<S> {
+        self.backlog = Some(Backlog {
+            pending: Box::new(pending),
+            work: Box::new(work),
+        });
+        self
+    }
+
+    /// Serves until the scheme is unmounted (`Ok`) or something fails.
+    pub fn run(mut self) -> io::Result<()> {
+        loop {
+            let backlog = self
+                .backlog
+                .as_ref()
+                .is_some_and(|b| (b.pending)(self.server.scheme()));
+            let tokens = self.events.wait(backlog.then_some(Duration::ZERO))?;
+            if let Some(b) = self.backlog.as_mut().filter(|_| backlog) {
+                (b.work)(self.server.scheme_mut())?;
+                self.server.wake();
+            }
+            for token in tokens {
+                if token == SCHEME_TOKEN {
+                    if self.server.process()? == Status::Unmounted {
+                        info!("scheme unmounted; exiting");
+                        return Ok(());
+                    }
+                    continue;
+                }
+                let arm = usize::try_from(token - 1)
+                    .ok()
+                    .and_then(|i| self.irqs.get_mut(i));
+                let Some(arm) = arm else {
+                    warn!("event loop: unknown token {token}");
+                    continue;
+                };
+                arm.irq.take()?;
+                (arm.handler)(self.server.scheme_mut())?;
+                arm.irq.ack()?;
+                self.server.wake();
+            }
+        }
+    }
+}
