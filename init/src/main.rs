@@ -6,6 +6,7 @@
 //! machine keeps running with whatever could be started.
 
 mod console;
+mod privilege;
 mod services;
 mod system;
 mod unit;

@@ -140,39 +140,6 @@ pub fn unblock_signals() -> std::io::Result<()> {
         .map_err(std::io::Error::from)
 }
 
-/// Empties the capability bounding set, so nothing this process executes
-/// can gain a capability, even as uid 0. Needs CAP_SETPCAP, so it runs
-/// before the ids change. Makes only prctl calls: safe between fork and
-/// exec.
-pub fn drop_bounding_set() -> std::io::Result<()> {
-    use rustix::thread::{remove_capability_from_bounding_set, CapabilitySet};
-    for cap in 0..64 {
-        // The kernel answers EINVAL past its last capability.
-        match remove_capability_from_bounding_set(CapabilitySet::from_bits_retain(1 << cap)) {
-            Ok(()) => {}
-            Err(rustix::io::Errno::INVAL) => break,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
-}
-
-/// Clears the ambient, permitted, effective and inheritable capability
-/// sets of the calling thread (the only one, in a child before exec).
-pub fn drop_capabilities() -> std::io::Result<()> {
-    use rustix::thread::{CapabilitySet, CapabilitySets};
-    rustix::thread::clear_ambient_capability_set()?;
-    rustix::thread::set_capabilities(
-        None,
-        CapabilitySets {
-            effective: CapabilitySet::empty(),
-            permitted: CapabilitySet::empty(),
-            inheritable: CapabilitySet::empty(),
-        },
-    )?;
-    Ok(())
-}
-
 /// Sends SIGTERM to every process except init itself and `keep`: what is
 /// left after the services (the shell, user programs).
 pub fn terminate_others(keep: &[rustix::process::Pid]) {

@@ -1,0 +1,170 @@
+//! init's side of the control protocol (`daemon::proto`): a daemon's
+//! requests on its control socket (register a scheme, report ready, spawn a
+//! driver instance) and init's replies.
+
+use std::ops::RangeInclusive;
+use std::os::fd::{AsFd, OwnedFd};
+
+use daemon::proto::{Reply, Request};
+use rustix::event::epoll;
+
+use super::{libc_errno, Service, Services, State};
+use crate::console::say;
+use crate::unit::Kind;
+
+impl Services {
+    pub(super) fn on_control(&mut self, i: usize) {
+        loop {
+            let Some(fd) = self.list[i].control.as_ref() else {
+                return;
+            };
+            let (msg, passed) = match daemon::recv_with_fds(fd.as_fd()) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    // Closed: the daemon is gone or does not want to talk.
+                    if let Some(fd) = self.list[i].control.take() {
+                        let _ = epoll::delete(&self.epoll, &fd);
+                    }
+                    return;
+                }
+            };
+            let name = self.list[i].unit.name.clone();
+            match Request::decode(&msg) {
+                Ok(Request::Spawn {
+                    unit,
+                    instance,
+                    args,
+                    ioports,
+                }) => {
+                    let reply =
+                        match self.spawn_instance(i, &unit, &instance, &args, passed, &ioports) {
+                            Ok(()) => Reply::Ok,
+                            Err((errno, why)) => {
+                                say(&format!("{name}: cannot start {unit}@{instance}: {why}"));
+                                Reply::Err(errno, why)
+                            }
+                        };
+                    if let Some(control) = self.list[i].control.as_ref() {
+                        if let Err(e) = daemon::send_with_fd(control.as_fd(), &reply.encode(), None)
+                        {
+                            say(&format!("{name}: cannot answer on control channel: {e}"));
+                        }
+                    }
+                }
+                Ok(Request::Ready) => self.mark_ready(i),
+                Ok(Request::Register(scheme, kind)) => {
+                    let reply = self.register(i, &scheme, kind);
+                    let Some(control) = self.list[i].control.as_ref() else {
+                        return;
+                    };
+                    let sent = match &reply {
+                        Ok(fuse) => daemon::send_with_fd(
+                            control.as_fd(),
+                            &Reply::Ok.encode(),
+                            Some(fuse.as_fd()),
+                        ),
+                        Err((errno, why)) => {
+                            say(&format!("{name}: refused scheme {scheme:?}: {why}"));
+                            daemon::send_with_fd(
+                                control.as_fd(),
+                                &Reply::Err(*errno, why.clone()).encode(),
+                                None,
+                            )
+                        }
+                    };
+                    if let Err(e) = sent {
+                        say(&format!("{name}: cannot answer on control channel: {e}"));
+                    }
+                    self.check_scheme_ready(i);
+                }
+                Err(e) => say(&format!("{name}: bad control message: {e}")),
+            }
+        }
+    }
+
+    pub(super) fn mark_ready(&mut self, i: usize) {
+        if matches!(self.list[i].state, State::Starting(_)) {
+            self.list[i].state = State::Ready;
+            say(&format!("{} is ready", self.list[i].unit.name));
+        }
+    }
+
+    /// A `scheme` unit is ready once each scheme it names exactly is mounted.
+    pub(super) fn check_scheme_ready(&mut self, i: usize) {
+        let svc = &self.list[i];
+        if svc.unit.kind == Kind::Scheme
+            && svc.unit.literal_schemes().next().is_some()
+            && svc
+                .unit
+                .literal_schemes()
+                .all(|s| svc.schemes.iter().any(|r| r == s))
+        {
+            self.mark_ready(i);
+        }
+    }
+
+    /// An enumerator's request to start one instance of a template unit
+    /// with the capability fds it passed and the I/O ports it grants. The
+    /// instance goes into the table like any service (dependencies,
+    /// readiness, output, exit reports).
+    pub(super) fn spawn_instance(
+        &mut self,
+        requester: usize,
+        template: &str,
+        instance: &str,
+        args: &[String],
+        fds: Vec<OwnedFd>,
+        ioports: &[RangeInclusive<u16>],
+    ) -> Result<(), (i32, String)> {
+        let who = self.list[requester].unit.base_name().to_owned();
+        let Some(t) = self.templates.get(template) else {
+            return Err((
+                libc_errno(rustix::io::Errno::NOENT),
+                format!("no template unit {template:?}"),
+            ));
+        };
+        if !t.spawned_by.contains(&who) {
+            return Err((
+                libc_errno(rustix::io::Errno::ACCESS),
+                format!("{who} may not start instances of {template}"),
+            ));
+        }
+        if !t.may_grant(ioports) {
+            return Err((
+                libc_errno(rustix::io::Errno::ACCESS),
+                format!(
+                    "{who} may not grant ports {} to {template} (grantable: {})",
+                    daemon::ports::format_grant(ioports),
+                    daemon::ports::format_grant(&t.grantable_ranges)
+                ),
+            ));
+        }
+        let unit = t.instantiate(instance, args, ioports);
+        let mut svc = Service::new(unit);
+        svc.passed = fds;
+        let i = match self.list.iter().position(|s| s.unit.name == svc.unit.name) {
+            Some(i) if self.list[i].pid.is_some() => {
+                return Err((
+                    libc_errno(rustix::io::Errno::BUSY),
+                    format!("{} is already running", svc.unit.name),
+                ))
+            }
+            // A stopped or failed instance of the same device is replaced.
+            Some(i) => {
+                self.list[i] = svc;
+                i
+            }
+            None => {
+                self.list.push(svc);
+                self.list.len() - 1
+            }
+        };
+        self.start_eligible();
+        match &self.list[i].state {
+            State::Failed(why) => Err((libc_errno(rustix::io::Errno::IO), why.clone())),
+            _ => Ok(()),
+        }
+    }
+}
