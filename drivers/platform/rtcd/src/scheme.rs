@@ -1,8 +1,6 @@
 //! `/scheme/time`: the clock's two read-only files (`now`, `cmos`; see the
 //! crate docs), each rendered from one read of the chip when opened.
 
-use std::io;
-
 use log::warn;
 use scheme::{CallerCtx, DirentBuf, DirentKind, Handles, OpenResult, Scheme, Stat};
 use syscall::error::{Error, Result, EACCES, EIO, EISDIR, ENOENT, ENOTDIR};
@@ -146,6 +144,8 @@ impl<C: Clock> Scheme for TimeScheme<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io;
+
     use crate::device::RawTime;
     use syscall::flag::{O_RDWR, O_WRONLY};
 
