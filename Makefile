@@ -32,7 +32,7 @@ image: deps
 		--kernel-cache $(KERNEL_DIR) --out $(IMAGE)
 
 run: image
-	$(BINS)/lab-run
+	$(BINS)/vm-run
 
 # Host tests (protocol, parsing, the scheme runtime on a real FUSE mount),
 # then the QEMU scenarios in tests/lab, which boot the image.

@@ -3,8 +3,9 @@
 //! `lab-agent` on a second serial port, talks QMP, bounds every wait, and
 //! always kills its own QEMU.
 //!
-//! The same QEMU command line serves `make run` (see `bin/lab-run.rs`), so
-//! what a person boots is what the tests boot.
+//! The machine and its kernel command line come from the `vm` crate
+//! (`tools/vm`), which `make run` boots too, so what a person boots is what
+//! the tests boot; they are re-exported here for the scenarios.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -16,120 +17,15 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::{json, Value};
 
+pub use vm::{
+    e1000_args, image_dir, kernel_cmdline, machine_args, virtio_blk_args, virtio_net_args,
+    workspace_root, BUILTINS_KEPT_OFF, LINUX_VIRTIO_PCI,
+};
+
 pub type Result<T> = std::result::Result<T, String>;
 
 /// Printed by init once every service is up (or failed).
 pub const READY_BANNER: &str = "init: all services ready";
-
-/// The workspace root (two levels above this crate).
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Where `make image` puts `vmlinuz` and `initfs.cpio.gz`
-/// (`LAB_IMAGE_DIR` overrides).
-pub fn image_dir() -> PathBuf {
-    std::env::var_os("LAB_IMAGE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("build/image"))
-}
-
-/// The machine every boot uses: q35 with a split irqchip and the virtual
-/// IOMMU (it must come before the devices it translates for).
-pub fn machine_args(memory_mb: u32, smp: u32) -> Vec<String> {
-    [
-        "-machine",
-        "q35,kernel-irqchip=split",
-        "-accel",
-        "tcg",
-        "-m",
-        &memory_mb.to_string(),
-        "-smp",
-        &smp.to_string(),
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-no-reboot",
-        "-device",
-        "intel-iommu,intremap=on,caching-mode=on",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
-/// QEMU arguments for a virtio-blk disk backed by `file` at slot `addr`
-/// (`"04.0"`, so it is `pci-0000-00-04.0`). Modern-only and behind the
-/// IOMMU: without `iommu_platform=on` QEMU's virtio devices bypass the vIOMMU
-/// and DMA to guest-physical addresses, which a driver that only holds IOVAs
-/// must refuse (ours does).
-pub fn virtio_blk_args(id: &str, file: &Path, addr: &str) -> Vec<String> {
-    vec![
-        "-drive".to_owned(),
-        format!("file={},if=none,id={id},format=raw", file.display()),
-        "-device".to_owned(),
-        format!(
-            "virtio-blk-pci,drive={id},id={id},addr={addr},disable-legacy=on,iommu_platform=on"
-        ),
-    ]
-}
-
-/// QEMU arguments for an e1000 (82540EM) NIC on back end `netdev` at slot
-/// `addr` with MAC `mac`. QEMU's e1000 DMAs through the vIOMMU like any
-/// emulated PCI device, so nothing more is needed.
-pub fn e1000_args(id: &str, netdev: &str, addr: &str, mac: &str) -> Vec<String> {
-    vec![
-        "-device".to_owned(),
-        format!("e1000,netdev={netdev},id={id},addr={addr},mac={mac}"),
-    ]
-}
-
-/// QEMU arguments for a virtio-net NIC on back end `netdev` at slot `addr`
-/// with MAC `mac`, modern-only and behind the IOMMU (see
-/// [`virtio_blk_args`] for why both options are needed).
-pub fn virtio_net_args(id: &str, netdev: &str, addr: &str, mac: &str) -> Vec<String> {
-    vec![
-        "-device".to_owned(),
-        format!(
-            "virtio-net-pci,netdev={netdev},id={id},addr={addr},mac={mac},\
-             disable-legacy=on,iommu_platform=on"
-        ),
-    ]
-}
-
-/// Built-in Linux drivers kept from starting (`initcall_blacklist=`),
-/// because a daemon of ours owns their devices:
-/// - `cmos_init`: `rtc_cmos`. rtcd owns the CMOS clock, and two drivers
-///   sharing its index/data port pair would corrupt each other's accesses.
-/// - `virtio_pci_driver_init`: Debian 13 builds `virtio_pci` in
-///   (`CONFIG_VIRTIO_PCI=y`), so it would bind every virtio function at
-///   boot, before pcid could give it to our driver.
-pub const BUILTINS_KEPT_OFF: [&str; 2] = ["cmos_init", "virtio_pci_driver_init"];
-/// The initcall of Linux's own virtio-PCI transport.
-pub const LINUX_VIRTIO_PCI: &str = "virtio_pci_driver_init";
-
-/// Kernel command line with every driver in [`BUILTINS_KEPT_OFF`] kept off
-/// but those in `allowed`; `extra` words are appended.
-pub fn kernel_cmdline(extra: &[String], allowed: &[&str]) -> String {
-    let kept_off: Vec<&str> = BUILTINS_KEPT_OFF
-        .iter()
-        .copied()
-        .filter(|b| !allowed.contains(b))
-        .collect();
-    let mut words = vec![
-        "console=ttyS0,115200".to_owned(),
-        "intel_iommu=on".to_owned(),
-        "iommu=pt".to_owned(),
-        "panic=-1".to_owned(),
-        "quiet".to_owned(),
-    ];
-    if !kept_off.is_empty() {
-        words.push(format!("initcall_blacklist={}", kept_off.join(",")));
-    }
-    words.extend(extra.iter().cloned());
-    words.join(" ")
-}
 
 /// A file added to the guest's initramfs for one boot.
 #[derive(Debug, Clone)]

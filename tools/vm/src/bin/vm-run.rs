@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
-    let root = lab::workspace_root();
-    let image = lab::image_dir();
+    let root = vm::workspace_root();
+    let image = vm::image_dir();
     let disk = std::env::var_os("DISK")
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
@@ -20,21 +20,21 @@ fn main() {
     if !disk.exists() {
         let made = std::fs::File::create(&disk).and_then(|f| f.set_len(64 << 20));
         if let Err(e) = made {
-            eprintln!("lab-run: cannot create {}: {e}", disk.display());
+            eprintln!("vm-run: cannot create {}: {e}", disk.display());
             std::process::exit(1);
         }
     }
     let qmp = std::env::var_os("QMP")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("build/qmp.sock"));
-    let mut args = lab::machine_args(1024, 2);
+    let mut args = vm::machine_args(1024, 2);
     args.extend([
         "-kernel".into(),
         image.join("vmlinuz").display().to_string(),
         "-initrd".into(),
         image.join("initfs.cpio.gz").display().to_string(),
         "-append".into(),
-        lab::kernel_cmdline(&[], &[]),
+        vm::kernel_cmdline(&[], &[]),
         "-serial".into(),
         "mon:stdio".into(),
         "-qmp".into(),
@@ -46,7 +46,7 @@ fn main() {
         "pcie-root-port,id=rp2,chassis=2,slot=2".into(),
     ]);
     // The first disk, served by virtio-blkd as /scheme/disk.pci-0000-00-04.0_virtio_blk.
-    args.extend(lab::virtio_blk_args("disk0", &disk, "04.0"));
+    args.extend(vm::virtio_blk_args("disk0", &disk, "04.0"));
     // Two NICs, each on its own QEMU user network (DHCP server and gateway
     // at 10.0.2.2; `restrict=on` keeps the host itself unreachable):
     // e1000d serves /scheme/network.pci-0000-00-05.0_e1000 and virtio-netd
@@ -54,8 +54,8 @@ fn main() {
     for netdev in ["net0", "net1"] {
         args.extend(["-netdev".into(), format!("user,id={netdev},restrict=on")]);
     }
-    args.extend(lab::e1000_args("nic0", "net0", "05.0", "52:54:00:12:34:05"));
-    args.extend(lab::virtio_net_args(
+    args.extend(vm::e1000_args("nic0", "net0", "05.0", "52:54:00:12:34:05"));
+    args.extend(vm::virtio_net_args(
         "nic1",
         "net1",
         "06.0",
@@ -65,10 +65,10 @@ fn main() {
         args.extend(extra.split_whitespace().map(str::to_owned));
     }
     eprintln!(
-        "lab-run: QMP socket at {}; Ctrl-A x quits, Ctrl-A c is the monitor",
+        "vm-run: QMP socket at {}; Ctrl-A x quits, Ctrl-A c is the monitor",
         qmp.display()
     );
     let err = Command::new("qemu-system-x86_64").args(&args).exec();
-    eprintln!("lab-run: cannot start qemu-system-x86_64: {err}");
+    eprintln!("vm-run: cannot start qemu-system-x86_64: {err}");
     std::process::exit(1);
 }
