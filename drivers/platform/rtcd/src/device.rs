@@ -494,19 +494,19 @@ mod tests {
 
     #[test]
     fn the_grant_names_the_ports() {
-        // SAFETY (each `PortGrant::new` here): `Cmos::new` only records the
-        // ports; this test never touches them.
-        let c = Cmos::new(unsafe { PortGrant::new(vec![0x70..=0x71]) }, Some(0x32)).unwrap();
+        /// A grant this test never uses to touch a port: `Cmos::new` only
+        /// records the ports.
+        fn grant(ranges: Vec<std::ops::RangeInclusive<u16>>) -> PortGrant {
+            // SAFETY: no access is made through it (see above).
+            unsafe { PortGrant::new(ranges) }
+        }
+        let c = Cmos::new(grant(vec![0x70..=0x71]), Some(0x32)).unwrap();
         assert_eq!(c.ports(), (0x70, 0x71));
-        let c = Cmos::new(
-            unsafe { PortGrant::new(vec![0x70..=0x70, 0x71..=0x71]) },
-            None,
-        )
-        .unwrap();
+        let c = Cmos::new(grant(vec![0x70..=0x70, 0x71..=0x71]), None).unwrap();
         assert_eq!(c.ports(), (0x70, 0x71));
         assert!(Cmos::new(PortGrant::default(), None).is_err());
-        assert!(Cmos::new(unsafe { PortGrant::new(vec![0x70..=0x70]) }, None).is_err());
-        assert!(Cmos::new(unsafe { PortGrant::new(vec![0xffff..=0xffff]) }, None).is_err());
+        assert!(Cmos::new(grant(vec![0x70..=0x70]), None).is_err());
+        assert!(Cmos::new(grant(vec![0xffff..=0xffff]), None).is_err());
     }
 
     #[test]
