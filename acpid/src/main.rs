@@ -112,7 +112,7 @@ fn run() -> io::Result<()> {
         devices.iter().map(|d| d.device.clone()).collect();
 
     let fuse = daemon.register("acpi", RootKind::Dir)?;
-    let server = Server::new(
+    let server = Server::from_registration(
         fuse,
         AcpiScheme::new(Acpi {
             tables,

@@ -6,6 +6,7 @@
 //! machine keeps running with whatever could be started.
 
 mod console;
+mod init_scheme;
 mod privilege;
 mod services;
 mod system;
@@ -23,7 +24,10 @@ use rustix::event::epoll;
 use rustix::process::{Pid, WaitOptions};
 
 use console::say;
-use services::{describe, Services, SIGNAL_TOKEN};
+use daemon::RootKind;
+use init_scheme::InitScheme;
+use scheme::Server;
+use services::{describe, Services, INIT_SCHEME_TOKEN, SIGNAL_TOKEN};
 use system::Power;
 
 const UNIT_DIR: &str = "/etc/init.d";
@@ -108,6 +112,7 @@ fn main() {
         }
     };
     let mut services = Services::new(units, epoll_for_services, Path::new(SCHEME_ROOT));
+    let mut init_scheme = serve_init_scheme(&epoll);
     let mut shell: Option<Pid> = None;
     let mut announced = false;
     let mut events = Vec::with_capacity(64);
@@ -136,7 +141,7 @@ fn main() {
             shell = spawn_shell(&cmdline);
         }
 
-        let timeout = services.next_deadline().map(|d| {
+        let timeout = services.next_timer().map(|d| {
             let left = d.saturating_duration_since(Instant::now()) + Duration::from_millis(1);
             rustix::event::Timespec::try_from(left).unwrap_or(rustix::event::Timespec {
                 tv_sec: 1,
@@ -157,6 +162,12 @@ fn main() {
         }
         for ev in events.iter() {
             let token = ev.data.u64();
+            if token == INIT_SCHEME_TOKEN {
+                if let Some(server) = init_scheme.as_mut() {
+                    serve_init_requests(server, &mut services);
+                }
+                continue;
+            }
             if token != SIGNAL_TOKEN {
                 services.on_event(token);
                 continue;
@@ -172,7 +183,48 @@ fn main() {
                 }
             }
         }
-        services.check_deadlines(Instant::now());
+        let now = Instant::now();
+        services.check_deadlines(now);
+        services.tick(now);
+    }
+}
+
+/// Mounts `/scheme/init` (init's own scheme) and watches its connection.
+/// Without it the machine still runs; only the view and controls are gone.
+fn serve_init_scheme(epoll: &OwnedFd) -> Option<Server<InitScheme>> {
+    let target = Path::new(SCHEME_ROOT).join("init");
+    let started = std::fs::create_dir_all(&target)
+        .and_then(|()| scheme::mount_fuse(&target, RootKind::Dir, 0, 0))
+        .and_then(|fd| Server::new(fd, InitScheme::new()))
+        .and_then(|server| {
+            epoll::add(
+                epoll,
+                server.as_fd(),
+                epoll::EventData::new_u64(INIT_SCHEME_TOKEN),
+                epoll::EventFlags::IN,
+            )?;
+            Ok(server)
+        });
+    match started {
+        Ok(server) => Some(server),
+        Err(e) => {
+            say(&format!("cannot serve /scheme/init: {e}"));
+            None
+        }
+    }
+}
+
+/// Serves `/scheme/init` from a fresh snapshot and applies what was
+/// written to its `control`.
+fn serve_init_requests(server: &mut Server<InitScheme>, services: &mut Services) {
+    server.scheme_mut().set_views(services.views());
+    if let Err(e) = server.process() {
+        say(&format!("/scheme/init: {e}"));
+    }
+    for c in server.scheme_mut().take_controls() {
+        if let Err((_, why)) = services.control(&c) {
+            say(&format!("/scheme/init control {c:?}: {why}"));
+        }
     }
 }
 

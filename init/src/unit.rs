@@ -5,8 +5,9 @@
 //! `requires`, `condition_cmdline`, `ready_timeout`, `memlock`, `template`,
 //! `spawned_by`, `ioports` (I/O ports granted with `ioperm` before the
 //! privileges are dropped, passed on in `INIT_IOPORTS`) and
-//! `no_capabilities` (keep the uid, drop every capability). Unknown keys
-//! are errors.
+//! `no_capabilities` (keep the uid, drop every capability), `restart`
+//! (`always`, `on-failure`, `never`) and `heartbeat`. Unknown keys are
+//! errors.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::RangeInclusive;
@@ -27,6 +28,20 @@ pub enum Kind {
     Oneshot,
     /// Ready as soon as it is running.
     Simple,
+}
+
+/// What the supervisor does when a service ends by itself (it was not
+/// stopped): the `restart` key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Restart {
+    /// Start it again, whatever ended it.
+    Always,
+    /// Start it again after a failure: a non-zero exit, a signal, a hang.
+    OnFailure,
+    /// Mark it failed.
+    #[default]
+    Never,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -95,6 +110,20 @@ pub struct Unit {
     /// permitted, effective, inheritable and ambient sets.
     #[serde(default)]
     pub no_capabilities: bool,
+    /// `always`, `on-failure` or `never`; absent: `always` for templates
+    /// (drivers), `never` otherwise.
+    #[serde(default)]
+    pub restart: Option<Restart>,
+    #[serde(skip)]
+    pub restart_policy: Restart,
+    /// Whether init checks the service answers its heartbeat on the control
+    /// channel (one that misses it is hung: killed, then restarted by its
+    /// policy). Absent: on when the service is restarted at all and speaks
+    /// the control protocol (`notify` and `scheme` units).
+    #[serde(default)]
+    pub heartbeat: Option<bool>,
+    #[serde(skip)]
+    pub heartbeats: bool,
 }
 
 fn default_ready_timeout() -> u64 {
@@ -127,6 +156,18 @@ impl Unit {
         }
         if !unit.template && !unit.spawned_by.is_empty() {
             return Err("spawned_by is only for template units".to_owned());
+        }
+        unit.restart_policy = unit.restart.unwrap_or(if unit.template {
+            Restart::Always
+        } else {
+            Restart::Never
+        });
+        let talks = matches!(unit.kind, Kind::Notify | Kind::Scheme);
+        unit.heartbeats = unit
+            .heartbeat
+            .unwrap_or(talks && unit.restart_policy != Restart::Never);
+        if unit.heartbeats && !talks {
+            return Err("heartbeat needs a notify or scheme unit (one that talks to init)".into());
         }
         for pattern in &unit.schemes {
             let pattern = pattern.replace("{instance}", "x");
@@ -355,6 +396,33 @@ ready_timeout = 5
         assert!(!u.allows_scheme("disk"));
         assert_eq!(u.literal_schemes().collect::<Vec<_>>(), ["fifo"]);
         assert_eq!(u.ready_timeout, 5);
+    }
+
+    #[test]
+    fn restart_and_heartbeat_defaults() {
+        let parse = |text: &str| Unit::parse("x", &format!("command = \"/bin/x\"\n{text}"));
+        let driver = parse("type = \"notify\"\ntemplate = true\n").unwrap();
+        assert_eq!(driver.restart_policy, Restart::Always);
+        assert!(driver.heartbeats);
+        let plain = parse("type = \"notify\"\n").unwrap();
+        assert_eq!(plain.restart_policy, Restart::Never);
+        assert!(
+            !plain.heartbeats,
+            "nothing restarts it, so a hang is not acted on"
+        );
+        let scheme = parse("type = \"scheme\"\nrestart = \"on-failure\"\n").unwrap();
+        assert_eq!(scheme.restart_policy, Restart::OnFailure);
+        assert!(scheme.heartbeats);
+        let quiet = parse("type = \"scheme\"\nrestart = \"always\"\nheartbeat = false\n").unwrap();
+        assert!(!quiet.heartbeats);
+        let simple = parse("type = \"simple\"\nrestart = \"always\"\n").unwrap();
+        assert_eq!(simple.restart_policy, Restart::Always);
+        assert!(
+            !simple.heartbeats,
+            "a simple unit has no control channel to answer on"
+        );
+        assert!(parse("type = \"simple\"\nheartbeat = true\n").is_err());
+        assert!(parse("type = \"notify\"\nrestart = \"sometimes\"\n").is_err());
     }
 
     #[test]

@@ -33,7 +33,7 @@ fn run() -> io::Result<()> {
         log::error!("pcid.ignore: {b:?} is not a PCI address (SSSS:BB:DD.F)");
     }
 
-    let server = Server::new(fuse, PciScheme::new(Table::new(), Sysfs::system()))?;
+    let server = Server::from_registration(fuse, PciScheme::new(Table::new(), Sysfs::system()))?;
     let mut pcid = Pcid::new(server, System::new(daemon), rules, ignore)?;
     pcid.scan()?;
     log::info!("{} PCI functions", pcid.scheme().table().len());

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use common::event::EventLoop;
 use common::vfio::{Container, Group};
+use daemon::Notice;
 use pci_types::PciAddress;
 use pcid_interface::ChannelReply;
 use rustix::event::{PollFd, PollFlags};
@@ -40,6 +41,16 @@ pub trait Platform {
         args: &[&str],
         fds: &[BorrowedFd<'_>],
     ) -> io::Result<()>;
+
+    /// init's control socket, for the event loop (none in tests).
+    fn control_fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
+
+    /// What init asked for since the last call (heartbeats are answered).
+    fn notices(&self) -> io::Result<Vec<Notice>> {
+        Ok(Vec::new())
+    }
 }
 
 /// What a driver gets from VFIO: its own container (IOMMU domain) and the
@@ -104,10 +115,20 @@ impl Platform for System {
     ) -> io::Result<()> {
         self.daemon.spawn(unit, instance, args, fds)
     }
+
+    fn control_fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.daemon.control_fd())
+    }
+
+    fn notices(&self) -> io::Result<Vec<Notice>> {
+        self.daemon.serve_control()
+    }
 }
 
 /// The scheme's token in the event loop; drivers' channels count from 1.
 const SERVER: u64 = 0;
+/// init's control socket.
+const CONTROL: u64 = u64::MAX;
 
 /// pcid's end of one driver's channel.
 struct DriverChannel {
@@ -137,6 +158,9 @@ impl<P: Platform> Pcid<P> {
     ) -> io::Result<Pcid<P>> {
         let events = EventLoop::new()?;
         events.add(server.as_fd(), SERVER)?;
+        if let Some(fd) = platform.control_fd() {
+            events.add(fd, CONTROL)?;
+        }
         Ok(Pcid {
             server,
             events,
@@ -278,6 +302,10 @@ impl<P: Platform> Pcid<P> {
                 if status == Status::Unmounted {
                     return Ok(status);
                 }
+            } else if t == CONTROL {
+                for notice in self.platform.notices()? {
+                    self.on_notice(notice);
+                }
             } else {
                 self.on_channel(t);
                 channel_event = true;
@@ -293,6 +321,58 @@ impl<P: Platform> Pcid<P> {
     pub fn run(&mut self) -> io::Result<()> {
         while self.poll_once(None)? == Status::Running {}
         Ok(())
+    }
+
+    /// What init asks of pcid: start a driver again (the supervisor's
+    /// restart, or a start by hand) on a fresh claim of its function.
+    fn on_notice(&mut self, notice: Notice) {
+        let Notice::Respawn { unit, instance } = notice else {
+            log::warn!("init sent {notice:?}, which pcid does not take");
+            return;
+        };
+        if let Err(e) = self.respawn(&unit, &instance) {
+            log::error!("{instance}: cannot start {unit} again: {e}");
+        }
+    }
+
+    fn respawn(&mut self, unit: &str, instance: &str) -> io::Result<()> {
+        let Some(a) = self
+            .server
+            .scheme()
+            .table()
+            .iter()
+            .find(|f| f.name == instance)
+            .map(|f| f.address)
+        else {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "no such function"));
+        };
+        // The dead driver's channel may not have been read yet: its end is
+        // closed, so the claim is released now.
+        let stale = self
+            .drivers
+            .iter()
+            .find_map(|(t, ch)| (ch.address == a && hung_up(ch.socket.as_fd())).then_some(*t));
+        if let Some(t) = stale {
+            self.hang_up(t, None);
+        }
+        let f = self
+            .server
+            .scheme()
+            .table()
+            .get(a)
+            .ok_or_else(|| io::Error::other("the function was removed"))?;
+        if !f.owner.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                format!("still owned by {}", f.owner),
+            ));
+        }
+        let rule = find_rule(&self.rules, &f.parsed)
+            .filter(|r| r.driver.unit() == unit)
+            .cloned()
+            .ok_or_else(|| io::Error::other(format!("no rule starts {unit} for it")))?;
+        log::info!("{instance}: starting {unit} again, on a fresh claim");
+        self.start_driver(a, &rule)
     }
 
     /// One driver's channel is readable: a request, or the hang-up.

@@ -5,7 +5,9 @@
 //! requests ([`Server::process`]), until the mount goes away; a fired
 //! interrupt runs the driver's handler for it between taking the eventfd's
 //! count and acknowledging the line, then lets the scheme answer what the
-//! interrupt finished ([`Server::wake`]). A driver's `main.rs` hands this
+//! interrupt finished ([`Server::wake`]); a readable control socket is
+//! init, whose heartbeat the loop answers (a loop that stops answering is a
+//! hung driver, which init kills and restarts). A driver's `main.rs` hands this
 //! loop its handlers and calls [`DriverLoop::run`]; the device logic stays
 //! in the scheme. Anything every driver's loop must do (the supervisor's
 //! heartbeat, orderly removal) belongs here, once.
@@ -14,6 +16,7 @@ use std::io;
 use std::os::fd::AsFd;
 use std::time::Duration;
 
+use daemon::Daemon;
 use log::{info, warn};
 use scheme::{Scheme, Server, Status};
 
@@ -25,6 +28,8 @@ type Handler<S> = Box<dyn FnMut(&mut S) -> io::Result<()>>;
 
 /// The FUSE fd's token; interrupt `i` is `i + 1`.
 const SCHEME_TOKEN: u64 = 0;
+/// init's control socket.
+const CONTROL_TOKEN: u64 = u64::MAX;
 
 /// One interrupt and what it means to the driver.
 struct IrqArm<S> {
@@ -42,17 +47,21 @@ struct Backlog<S> {
 /// A driver's scheme server and the interrupts it serves.
 pub struct DriverLoop<S: Scheme> {
     server: Server<S>,
+    daemon: Daemon,
     events: EventLoop,
     irqs: Vec<IrqArm<S>>,
     backlog: Option<Backlog<S>>,
 }
 
 impl<S: Scheme> DriverLoop<S> {
-    pub fn new(server: Server<S>) -> io::Result<DriverLoop<S>> {
+    /// Serves `server`, answering init on `daemon`'s control socket.
+    pub fn new(server: Server<S>, daemon: Daemon) -> io::Result<DriverLoop<S>> {
         let events = EventLoop::new()?;
         events.add(server.as_fd(), SCHEME_TOKEN)?;
+        events.add(daemon.control_fd(), CONTROL_TOKEN)?;
         Ok(DriverLoop {
             server,
+            daemon,
             events,
             irqs: Vec::new(),
             backlog: None,
@@ -108,6 +117,12 @@ impl<S: Scheme> DriverLoop<S> {
                 self.server.wake();
             }
             for token in tokens {
+                if token == CONTROL_TOKEN {
+                    for notice in self.daemon.serve_control()? {
+                        warn!("init sent {notice:?}, which a driver does not take");
+                    }
+                    continue;
+                }
                 if token == SCHEME_TOKEN {
                     if self.server.process()? == Status::Unmounted {
                         info!("scheme unmounted; exiting");

@@ -54,29 +54,51 @@ fn mount_point(tag: &str) -> PathBuf {
     p
 }
 
+/// A driver loop on a thread: the eventfd to fire, init's end of the
+/// control channel, and the loop's result.
+struct Served {
+    irq: OwnedFd,
+    init_end: OwnedFd,
+    result: mpsc::Receiver<io::Result<()>>,
+}
+
 /// Serves `Delivery` at `target` on a thread; the interrupt handler
-/// delivers `b"done"`, or fails if `fail` is set. Returns the eventfd to
-/// fire and the loop's result.
-fn serve(target: &Path, fail: bool) -> (OwnedFd, mpsc::Receiver<io::Result<()>>) {
+/// delivers `b"done"`, or fails if `fail` is set.
+fn serve(target: &Path, fail: bool) -> Served {
     let fuse = scheme::mount_fuse(target, RootKind::File, 0, 0).unwrap();
     let efd = new_eventfd().unwrap();
     let fire = efd.try_clone().unwrap();
     let (tx, rx) = mpsc::channel();
+    // init's end of a control channel, kept open (and never pinging).
+    let (init_end, ours) = rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap();
     std::thread::spawn(move || {
         let run = || {
-            DriverLoop::new(Server::new(fuse, Delivery::default())?)?
-                .on_irq(Irq::msi(efd), move |s: &mut Delivery| {
-                    if fail {
-                        return Err(io::Error::other("the device stopped working"));
-                    }
-                    s.delivered = Some(b"done");
-                    Ok(())
-                })?
-                .run()
+            DriverLoop::new(
+                Server::new(fuse, Delivery::default())?,
+                daemon::Daemon::from_fd(ours),
+            )?
+            .on_irq(Irq::msi(efd), move |s: &mut Delivery| {
+                if fail {
+                    return Err(io::Error::other("the device stopped working"));
+                }
+                s.delivered = Some(b"done");
+                Ok(())
+            })?
+            .run()
         };
         let _ = tx.send(run());
     });
-    (fire, rx)
+    Served {
+        irq: fire,
+        init_end,
+        result: rx,
+    }
 }
 
 fn fire(efd: &OwnedFd) {
@@ -86,7 +108,11 @@ fn fire(efd: &OwnedFd) {
 #[test]
 fn a_parked_read_is_answered_after_the_interrupt_handler_ran() {
     let target = mount_point("answer");
-    let (efd, result) = serve(&target, false);
+    let Served {
+        irq: efd,
+        init_end,
+        result,
+    } = serve(&target, false);
     let path = target.clone();
     let (got_tx, got) = mpsc::channel();
     std::thread::spawn(move || {
@@ -101,6 +127,10 @@ fn a_parked_read_is_answered_after_the_interrupt_handler_ran() {
         .recv_timeout(BOUND)
         .expect("read never answered")
         .unwrap();
+    // init's heartbeat is answered from the loop.
+    daemon::send_with_fd(init_end.as_fd(), b"ping 5", None).unwrap();
+    let (pong, _) = daemon::recv_with_fds(init_end.as_fd()).unwrap();
+    assert_eq!(pong, b"pong 5");
     assert_eq!(data, b"done");
     // Unmounting ends the loop cleanly.
     scheme::unmount(&target).unwrap();
@@ -114,7 +144,12 @@ fn a_parked_read_is_answered_after_the_interrupt_handler_ran() {
 #[test]
 fn a_failing_interrupt_handler_ends_the_loop_with_its_error() {
     let target = mount_point("fail");
-    let (efd, result) = serve(&target, true);
+    // init's end stays open: its hanging up would end the loop first.
+    let Served {
+        irq: efd,
+        init_end: _init_end,
+        result,
+    } = serve(&target, true);
     fire(&efd);
     let e = result
         .recv_timeout(BOUND)

@@ -6,10 +6,12 @@
 //! wire format is one short text message per packet (see [`proto`]), so a
 //! daemon in any language could speak it.
 
+use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::ops::RangeInclusive;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Mutex;
 
 use rustix::net::{
     recvmsg, sendmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
@@ -22,7 +24,7 @@ pub mod ports;
 pub mod proto;
 
 pub use logger::{init_logging, main_with};
-pub use proto::RootKind;
+pub use proto::{Notice, RootKind};
 
 /// Environment variable naming the inherited control fd.
 pub const CONTROL_FD_ENV: &str = "INIT_CONTROL_FD";
@@ -73,10 +75,27 @@ pub fn take_passed_fds() -> io::Result<Vec<OwnedFd>> {
     Ok(fds)
 }
 
+/// A scheme init mounted for this daemon.
+#[derive(Debug)]
+pub struct Registration {
+    /// The `/dev/fuse` fd serving `/scheme/NAME`.
+    pub fuse: OwnedFd,
+    /// The scheme's state store: a memfd init keeps with the mount, so the
+    /// runtime finds there what an earlier instance recorded (node ids,
+    /// open handles). `None` from an init that keeps none.
+    pub state: Option<OwnedFd>,
+    /// The mount outlived an earlier daemon: the connection is already
+    /// initialised and may hold requests that daemon had read and not
+    /// answered, which the runtime asks the kernel to send again.
+    pub resumed: bool,
+}
+
 /// A daemon's connection to init.
 #[derive(Debug)]
 pub struct Daemon {
     control: OwnedFd,
+    /// Notices that arrived while a request waited for its reply.
+    notices: Mutex<VecDeque<Notice>>,
 }
 
 impl Daemon {
@@ -101,40 +120,58 @@ impl Daemon {
         // else in this process; we take ownership exactly once.
         let control = unsafe { OwnedFd::from_raw_fd(fd) };
         rustix::io::fcntl_setfd(&control, rustix::io::FdFlags::CLOEXEC)?;
-        Ok(Daemon { control })
+        Ok(Daemon::from_fd(control))
     }
 
     /// Wraps an existing control socket (init's own tests use this).
     pub fn from_fd(control: OwnedFd) -> Daemon {
-        Daemon { control }
+        Daemon {
+            control,
+            notices: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// The control socket, for the daemon's event loop: when it is
+    /// readable, call [`Daemon::serve_control`].
+    pub fn control_fd(&self) -> BorrowedFd<'_> {
+        self.control.as_fd()
     }
 
     /// Asks init to mount a scheme called `name` at `/scheme/<name>`, its root
-    /// a directory. Returns the `/dev/fuse` fd serving that mount.
-    pub fn register_scheme(&self, name: &str) -> io::Result<OwnedFd> {
+    /// a directory.
+    pub fn register_scheme(&self, name: &str) -> io::Result<Registration> {
         self.register(name, RootKind::Dir)
     }
 
     /// Like [`Daemon::register_scheme`], but `/scheme/<name>` is itself a
     /// file (`null`, `zero`, `rand`).
-    pub fn register_file_scheme(&self, name: &str) -> io::Result<OwnedFd> {
+    pub fn register_file_scheme(&self, name: &str) -> io::Result<Registration> {
         self.register(name, RootKind::File)
     }
 
     /// Registers `name` with the given root type.
-    pub fn register(&self, name: &str, kind: RootKind) -> io::Result<OwnedFd> {
+    pub fn register(&self, name: &str, kind: RootKind) -> io::Result<Registration> {
         self.send(&proto::Request::Register(name.to_owned(), kind).encode())?;
-        let (reply, fd) = recv_with_fd(self.control.as_fd())?;
-        match proto::Reply::decode(&reply) {
-            Ok(proto::Reply::Ok) => fd.ok_or_else(|| {
-                io::Error::new(io::ErrorKind::InvalidData, "init replied ok without an fd")
-            }),
-            Ok(proto::Reply::Err(errno, msg)) => Err(io::Error::new(
-                io::Error::from_raw_os_error(errno).kind(),
-                format!("init refused scheme {name}: {msg}"),
-            )),
-            Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
-        }
+        let (reply, fds) = self.recv_reply()?;
+        let resumed = match reply {
+            proto::Reply::Ok => false,
+            proto::Reply::Resumed => true,
+            proto::Reply::Err(errno, msg) => {
+                return Err(io::Error::new(
+                    io::Error::from_raw_os_error(errno).kind(),
+                    format!("init refused scheme {name}: {msg}"),
+                ))
+            }
+        };
+        let mut fds = fds.into_iter();
+        let fuse = fds.next().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, "init replied ok without an fd")
+        })?;
+        Ok(Registration {
+            fuse,
+            state: fds.next(),
+            resumed,
+        })
     }
 
     /// Asks init to start instance `instance` of the template unit `unit`
@@ -188,20 +225,69 @@ impl Daemon {
             ));
         }
         send_with_fds(self.control.as_fd(), &msg, fds)?;
-        let (reply, _) = recv_with_fds(self.control.as_fd())?;
-        match proto::Reply::decode(&reply) {
-            Ok(proto::Reply::Ok) => Ok(()),
-            Ok(proto::Reply::Err(errno, msg)) => Err(io::Error::new(
+        match self.recv_reply()?.0 {
+            proto::Reply::Ok | proto::Reply::Resumed => Ok(()),
+            proto::Reply::Err(errno, msg) => Err(io::Error::new(
                 io::Error::from_raw_os_error(errno).kind(),
                 format!("init refused to start {unit}@{instance}: {msg}"),
             )),
-            Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
         }
     }
 
     /// Tells init this daemon has finished its setup.
     pub fn ready(&self) -> io::Result<()> {
         self.send(&proto::Request::Ready.encode())
+    }
+
+    /// Handles what init sent, without blocking: answers its heartbeat and
+    /// returns its other notices (with any that came while a request waited
+    /// for its reply). An error once init's end is gone.
+    pub fn serve_control(&self) -> io::Result<Vec<Notice>> {
+        loop {
+            let (msg, _fds) = match recv_packet(self.control.as_fd(), RecvFlags::DONTWAIT) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            match proto::FromInit::decode(&msg) {
+                Ok(proto::FromInit::Notice(n)) => self.take_notice(n)?,
+                Ok(proto::FromInit::Reply(r)) => {
+                    log::warn!("control channel: a reply nobody asked for: {r:?}")
+                }
+                Err(e) => log::warn!("control channel: {e}"),
+            }
+        }
+        Ok(self.lock_notices().drain(..).collect())
+    }
+
+    /// Answers a heartbeat at once; keeps any other notice for the loop.
+    fn take_notice(&self, n: Notice) -> io::Result<()> {
+        match n {
+            Notice::Ping(seq) => self.send(&proto::Request::Pong(seq).encode()),
+            other => {
+                self.lock_notices().push_back(other);
+                Ok(())
+            }
+        }
+    }
+
+    fn lock_notices(&self) -> std::sync::MutexGuard<'_, VecDeque<Notice>> {
+        // A panic elsewhere cannot leave the queue inconsistent.
+        self.notices.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for init's reply to the request just sent, answering its
+    /// heartbeat and keeping its notices meanwhile.
+    fn recv_reply(&self) -> io::Result<(proto::Reply, Vec<OwnedFd>)> {
+        loop {
+            let (msg, fds) = recv_with_fds(self.control.as_fd())?;
+            match proto::FromInit::decode(&msg) {
+                Ok(proto::FromInit::Reply(r)) => return Ok((r, fds)),
+                Ok(proto::FromInit::Notice(n)) => self.take_notice(n)?,
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+            }
+        }
     }
 
     fn send(&self, msg: &[u8]) -> io::Result<()> {
@@ -250,6 +336,10 @@ pub fn recv_with_fd(sock: BorrowedFd<'_>) -> io::Result<(Vec<u8>, Option<OwnedFd
 
 /// Receives one packet and the descriptors passed with it, in order.
 pub fn recv_with_fds(sock: BorrowedFd<'_>) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+    recv_packet(sock, RecvFlags::empty())
+}
+
+fn recv_packet(sock: BorrowedFd<'_>, flags: RecvFlags) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
     let mut buf = vec![0u8; proto::MAX_MESSAGE];
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(proto::MAX_PASSED_FDS))];
     let mut anc = RecvAncillaryBuffer::new(&mut space);
@@ -257,7 +347,7 @@ pub fn recv_with_fds(sock: BorrowedFd<'_>) -> io::Result<(Vec<u8>, Vec<OwnedFd>)
         sock,
         &mut [IoSliceMut::new(&mut buf)],
         &mut anc,
-        RecvFlags::CMSG_CLOEXEC,
+        RecvFlags::CMSG_CLOEXEC | flags,
     )?;
     if res.bytes == 0 {
         return Err(io::Error::new(

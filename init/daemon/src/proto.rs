@@ -5,8 +5,15 @@
 //! driver's capability fds attached. An enumerator of platform devices
 //! (acpid) also grants I/O ports: `spawn-io UNIT INSTANCE PORTS [ARG…]`,
 //! PORTS being inclusive hex ranges joined by commas (`70-71,cf9-cf9`).
-//! init → daemon (only in answer to `register` and `spawn`): `ok` (with the
-//! FUSE fd attached, for `register`), or `err ERRNO MESSAGE`.
+//! init → daemon, in answer to `register` and `spawn`: `ok` (for `register`
+//! with the FUSE fd and the scheme's state memfd attached), `ok resumed`
+//! (the same, for a scheme whose mount outlived its last daemon: the new one
+//! takes over the connection), or `err ERRNO MESSAGE`.
+//!
+//! init → daemon, unprompted ([`Notice`]): `ping N`, the supervisor's
+//! heartbeat, which the daemon's event loop answers with `pong N`
+//! (daemon → init); and, to an enumerator, `respawn UNIT INSTANCE`: start
+//! that driver instance again on a freshly claimed device.
 
 use std::ops::RangeInclusive;
 
@@ -25,6 +32,8 @@ pub enum RootKind {
 pub enum Request {
     Register(String, RootKind),
     Ready,
+    /// The answer to `ping N`.
+    Pong(u64),
     /// Start instance `INSTANCE` of template unit `UNIT` with extra args;
     /// the fds attached to the packet become fds 4, 5, … in the child, and
     /// init grants it `ioports` (ioperm) before dropping its privileges.
@@ -48,7 +57,55 @@ fn valid_word(w: &str) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
     Ok,
+    /// `register` of a scheme whose mount survived its daemon.
+    Resumed,
     Err(i32, String),
+}
+
+/// What init sends a daemon without being asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// The heartbeat: answer `Pong(n)` from the event loop.
+    Ping(u64),
+    /// To an enumerator: claim the device again and `spawn` the instance
+    /// (the supervisor restarting a driver, or a start by hand).
+    Respawn { unit: String, instance: String },
+}
+
+/// Anything init sends: an answer or a notice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FromInit {
+    Reply(Reply),
+    Notice(Notice),
+}
+
+impl Notice {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Notice::Ping(n) => format!("ping {n}").into_bytes(),
+            Notice::Respawn { unit, instance } => format!("respawn {unit} {instance}").into_bytes(),
+        }
+    }
+}
+
+impl FromInit {
+    pub fn decode(bytes: &[u8]) -> Result<FromInit, String> {
+        let text = std::str::from_utf8(bytes).map_err(|_| "message is not UTF-8".to_owned())?;
+        let words: Vec<&str> = text.split(' ').collect();
+        match words.as_slice() {
+            ["ping", n] => n
+                .parse()
+                .map(|n| FromInit::Notice(Notice::Ping(n)))
+                .map_err(|_| format!("bad ping {text:?}")),
+            ["respawn", unit, instance] if valid_word(unit) && valid_word(instance) => {
+                Ok(FromInit::Notice(Notice::Respawn {
+                    unit: (*unit).to_owned(),
+                    instance: (*instance).to_owned(),
+                }))
+            }
+            _ => Reply::decode(bytes).map(FromInit::Reply),
+        }
+    }
 }
 
 impl Request {
@@ -62,6 +119,7 @@ impl Request {
                 format!("register {name} {kind}").into_bytes()
             }
             Request::Ready => b"ready".to_vec(),
+            Request::Pong(n) => format!("pong {n}").into_bytes(),
             Request::Spawn {
                 unit,
                 instance,
@@ -88,6 +146,10 @@ impl Request {
         let words: Vec<&str> = text.trim_end().split(' ').collect();
         match words.as_slice() {
             ["ready"] => Ok(Request::Ready),
+            ["pong", n] => n
+                .parse()
+                .map(Request::Pong)
+                .map_err(|_| format!("bad pong {text:?}")),
             ["register", name, "dir"] => Ok(Request::Register((*name).to_owned(), RootKind::Dir)),
             ["register", name, "file"] => Ok(Request::Register((*name).to_owned(), RootKind::File)),
             ["spawn", unit, instance, args @ ..]
@@ -129,14 +191,17 @@ impl Reply {
     pub fn encode(&self) -> Vec<u8> {
         match self {
             Reply::Ok => b"ok".to_vec(),
+            Reply::Resumed => b"ok resumed".to_vec(),
             Reply::Err(errno, msg) => format!("err {errno} {msg}").into_bytes(),
         }
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Reply, String> {
         let text = std::str::from_utf8(bytes).map_err(|_| "reply is not UTF-8".to_owned())?;
-        if text == "ok" {
-            return Ok(Reply::Ok);
+        match text {
+            "ok" => return Ok(Reply::Ok),
+            "ok resumed" => return Ok(Reply::Resumed),
+            _ => {}
         }
         let mut words = text.splitn(3, ' ');
         match (words.next(), words.next(), words.next()) {
@@ -216,9 +281,37 @@ mod tests {
 
     #[test]
     fn replies_round_trip() {
-        for r in [Reply::Ok, Reply::Err(13, "name not allowed".into())] {
-            assert_eq!(Reply::decode(&r.encode()), Ok(r));
+        for r in [
+            Reply::Ok,
+            Reply::Resumed,
+            Reply::Err(13, "name not allowed".into()),
+        ] {
+            assert_eq!(Reply::decode(&r.encode()), Ok(r.clone()));
+            assert_eq!(FromInit::decode(&r.encode()), Ok(FromInit::Reply(r)));
         }
+    }
+
+    #[test]
+    fn notices_and_pongs_round_trip() {
+        for n in [
+            Notice::Ping(0),
+            Notice::Ping(u64::MAX),
+            Notice::Respawn {
+                unit: "virtio-blkd".into(),
+                instance: "pci-0000-00-04.0".into(),
+            },
+        ] {
+            assert_eq!(FromInit::decode(&n.encode()), Ok(FromInit::Notice(n)));
+        }
+        assert_eq!(
+            Request::decode(&Request::Pong(7).encode()),
+            Ok(Request::Pong(7))
+        );
+        assert!(FromInit::decode(b"ping x").is_err());
+        assert!(FromInit::decode(b"ping").is_err());
+        assert!(FromInit::decode(b"respawn a").is_err());
+        assert!(FromInit::decode(b"respawn a b c").is_err());
+        assert!(Request::decode(b"pong -1").is_err());
     }
 
     #[test]

@@ -54,16 +54,17 @@ impl Services {
                     }
                 }
                 Ok(Request::Ready) => self.mark_ready(i),
+                Ok(Request::Pong(_)) => self.on_pong(i),
                 Ok(Request::Register(scheme, kind)) => {
                     let reply = self.register(i, &scheme, kind);
                     let Some(control) = self.list[i].control.as_ref() else {
                         return;
                     };
                     let sent = match &reply {
-                        Ok(fuse) => daemon::send_with_fd(
+                        Ok(g) => daemon::send_with_fds(
                             control.as_fd(),
-                            &Reply::Ok.encode(),
-                            Some(fuse.as_fd()),
+                            &if g.resumed { Reply::Resumed } else { Reply::Ok }.encode(),
+                            &[g.fuse.as_fd(), g.state.as_fd()],
                         ),
                         Err((errno, why)) => {
                             say(&format!("{name}: refused scheme {scheme:?}: {why}"));
@@ -87,6 +88,7 @@ impl Services {
     pub(super) fn mark_ready(&mut self, i: usize) {
         if matches!(self.list[i].state, State::Starting(_)) {
             self.list[i].state = State::Ready;
+            self.record_start(i);
             say(&format!("{} is ready", self.list[i].unit.name));
         }
     }
@@ -99,7 +101,7 @@ impl Services {
             && svc
                 .unit
                 .literal_schemes()
-                .all(|s| svc.schemes.iter().any(|r| r == s))
+                .all(|s| self.scheme_names(i).any(|r| r == s))
         {
             self.mark_ready(i);
         }
@@ -144,6 +146,7 @@ impl Services {
         let unit = t.instantiate(instance, args, ioports);
         let mut svc = Service::new(unit);
         svc.passed = fds;
+        svc.enumerator = Some(self.list[requester].unit.name.clone());
         let i = match self.list.iter().position(|s| s.unit.name == svc.unit.name) {
             Some(i) if self.list[i].pid.is_some() => {
                 return Err((
@@ -151,8 +154,20 @@ impl Services {
                     format!("{} is already running", svc.unit.name),
                 ))
             }
-            // A stopped or failed instance of the same device is replaced.
+            // Stopped by hand: only a start by hand brings it back.
+            Some(i) if self.list[i].state == State::Stopped => {
+                return Err((
+                    libc_errno(rustix::io::Errno::PERM),
+                    format!("{} was stopped by hand", svc.unit.name),
+                ))
+            }
+            // The same device again (a restart, or a failed instance given
+            // another chance): the new start keeps the supervisor's record
+            // and the kept schemes, which its daemon takes over.
             Some(i) => {
+                let old = &mut self.list[i];
+                svc.record = std::mem::take(&mut old.record);
+                svc.kept = std::mem::take(&mut old.kept);
                 self.list[i] = svc;
                 i
             }

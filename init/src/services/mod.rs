@@ -1,7 +1,9 @@
 //! The service table and its state machine: units started in dependency
 //! order, readiness and its deadlines, exits. The other jobs on the table
 //! are files of their own: starting a process (`launch`), init's control
-//! protocol (`control`), the scheme registrar (`registrar`), forwarding
+//! protocol (`control`), the scheme registrar and fd store (`registrar`),
+//! what answers a scheme while nothing serves it (`standin`), the
+//! supervisor's restarts, backoff and heartbeat (`supervise`), forwarding
 //! output (`output`) and stopping everything (`shutdown`).
 
 mod control;
@@ -9,6 +11,8 @@ mod launch;
 mod output;
 mod registrar;
 mod shutdown;
+mod standin;
+pub mod supervise;
 #[cfg(test)]
 mod tests;
 
@@ -25,6 +29,9 @@ use crate::console::{say, OutputSink};
 use crate::system::lookup_user;
 use crate::unit::{Kind, Unit};
 
+pub use registrar::Kept;
+pub use supervise::Record;
+
 /// Where a unit stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum State {
@@ -33,9 +40,33 @@ pub enum State {
     /// Running, not ready yet; failed if not ready by the deadline.
     Starting(Instant),
     Ready,
-    /// Ran and ended (a oneshot that succeeded, or a service that stopped).
+    /// Ended by itself; the supervisor starts it again at this time.
+    Restarting(Instant),
+    /// A driver instance whose enumerator was asked to claim the device
+    /// again and `spawn` it; failed if it has not by the deadline.
+    Respawning(Instant),
+    /// Ran and ended (a oneshot that succeeded, or a service stopped at
+    /// shutdown).
     Exited,
+    /// Stopped by hand (`/scheme/init/control`); its schemes stay mounted,
+    /// answered by init, until it is started again.
+    Stopped,
     Failed(String),
+}
+
+impl State {
+    /// The word `/scheme/init` shows.
+    pub fn word(&self) -> &'static str {
+        match self {
+            State::Waiting => "waiting",
+            State::Starting(_) => "starting",
+            State::Ready => "running",
+            State::Restarting(_) | State::Respawning(_) => "restarting",
+            State::Exited => "exited",
+            State::Stopped => "stopped",
+            State::Failed(_) => "failed",
+        }
+    }
 }
 
 pub struct Service {
@@ -45,11 +76,20 @@ pub struct Service {
     control: Option<OwnedFd>,
     output: Option<OwnedFd>,
     sink: OutputSink,
-    /// Schemes this instance registered, unmounted when it exits.
-    schemes: Vec<String>,
+    /// Schemes this service registered: their mounts, FUSE connections and
+    /// state stores, which init keeps across restarts (the fd store).
+    kept: Vec<Kept>,
+    /// What the supervisor has seen of it.
+    pub record: Record,
+    /// The enumerator (by unit name) that asked for this instance with the
+    /// device's fds, so only it can start it again.
+    enumerator: Option<String>,
     /// uid and gid it runs as, resolved once at spawn; its mounts get them.
     ids: (u32, u32),
+    /// Being stopped at shutdown: its schemes go with it.
     stopping: bool,
+    /// What was asked of it by hand, acted on when it has exited.
+    pending: Option<supervise::ByHand>,
     /// Capability fds an enumerator passed for this instance; handed to the
     /// child as fds 4, 5, … and closed in init once it is started.
     passed: Vec<OwnedFd>,
@@ -58,10 +98,18 @@ pub struct Service {
     started: u64,
 }
 
-/// epoll tokens: service index * 2 + channel; the signalfd uses `SIGNAL_TOKEN`.
+/// epoll tokens: service index << 8 | channel; the signalfd uses
+/// `SIGNAL_TOKEN`, `/scheme/init` `INIT_SCHEME_TOKEN`.
 pub const SIGNAL_TOKEN: u64 = u64::MAX;
+pub const INIT_SCHEME_TOKEN: u64 = u64::MAX - 1;
 const CONTROL: u64 = 0;
 const OUTPUT: u64 = 1;
+/// The stand-in for kept scheme `k` of a service is channel `STANDIN + k`.
+const STANDIN: u64 = 2;
+
+fn token(i: usize, channel: u64) -> u64 {
+    ((i as u64) << 8) | channel
+}
 
 pub struct Services {
     pub list: Vec<Service>,
@@ -85,9 +133,12 @@ impl Service {
             pid: None,
             control: None,
             output: None,
-            schemes: Vec::new(),
+            kept: Vec::new(),
+            record: Record::default(),
+            enumerator: None,
             ids: (0, 0),
             stopping: false,
+            pending: None,
             passed: Vec::new(),
             started: 0,
         }
@@ -154,29 +205,23 @@ impl Services {
             .all(|s| !matches!(s.state, State::Waiting | State::Starting(_)))
     }
 
-    /// The nearest readiness deadline, for the event loop's timeout.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.list
-            .iter()
-            .filter_map(|s| match s.state {
-                State::Starting(d) => Some(d),
-                _ => None,
-            })
-            .min()
-    }
-
-    /// Fails every start whose deadline has passed. The process is stopped:
-    /// a daemon that never became ready is not left half-running.
+    /// Stops every start whose deadline has passed: a daemon that never
+    /// became ready is not left half-running. Its exit is then handled like
+    /// any other (the supervisor's policy decides what follows).
     pub fn check_deadlines(&mut self, now: Instant) {
         for i in 0..self.list.len() {
-            if let State::Starting(deadline) = self.list[i].state {
-                if now >= deadline {
-                    let secs = self.list[i].unit.ready_timeout;
-                    self.fail(i, format!("not ready after {secs} s, stopping it"));
-                    if let Some(pid) = self.list[i].pid {
-                        let _ = rustix::process::kill_process(pid, Signal::KILL);
-                    }
-                }
+            let svc = &mut self.list[i];
+            let State::Starting(deadline) = svc.state else {
+                continue;
+            };
+            if now < deadline || svc.record.killed_for.is_some() {
+                continue;
+            }
+            let why = format!("not ready after {} s", svc.unit.ready_timeout);
+            say(&format!("service {}: {why}; stopping it", svc.unit.name));
+            svc.record.killed_for = Some(why);
+            if let Some(pid) = svc.pid {
+                let _ = rustix::process::kill_process(pid, Signal::KILL);
             }
         }
     }
@@ -196,6 +241,7 @@ impl Services {
                 } else {
                     State::Starting(Instant::now() + Duration::from_secs(svc.unit.ready_timeout))
                 };
+                self.record_start(i);
                 self.check_scheme_ready(i);
             }
             Err(e) => self.fail(
@@ -222,17 +268,16 @@ impl Services {
             control,
             output,
         } = launch::launch(&unit, ids, passed)?;
-        let base = i as u64 * 2;
         epoll::add(
             &self.epoll,
             &control,
-            epoll::EventData::new_u64(base + CONTROL),
+            epoll::EventData::new_u64(token(i, CONTROL)),
             epoll::EventFlags::IN,
         )?;
         epoll::add(
             &self.epoll,
             &output,
-            epoll::EventData::new_u64(base + OUTPUT),
+            epoll::EventData::new_u64(token(i, OUTPUT)),
             epoll::EventFlags::IN,
         )?;
         self.starts += 1;
@@ -253,14 +298,14 @@ impl Services {
 
     /// Handles readiness of one service channel.
     pub fn on_event(&mut self, token: u64) {
-        let i = (token / 2) as usize;
+        let i = (token >> 8) as usize;
         if i >= self.list.len() {
             return;
         }
-        if token % 2 == CONTROL {
-            self.on_control(i);
-        } else {
-            self.on_output(i);
+        match token & 0xff {
+            CONTROL => self.on_control(i),
+            OUTPUT => self.on_output(i),
+            k => self.on_standin(i, (k - STANDIN) as usize),
         }
     }
 
@@ -277,26 +322,19 @@ impl Services {
         if let Some(fd) = self.list[i].control.take() {
             let _ = epoll::delete(&self.epoll, &fd);
         }
-        self.unregister_all(i);
-        let stopping = self.list[i].stopping;
-        let svc = &mut self.list[i];
-        match (&svc.state, svc.unit.kind) {
+        if self.list[i].stopping {
+            self.unregister_all(i);
+            self.list[i].state = State::Exited;
+            return true;
+        }
+        match (&self.list[i].state, self.list[i].unit.kind) {
             (State::Starting(_), Kind::Oneshot) if success => {
-                svc.state = State::Exited;
+                self.list[i].state = State::Exited;
                 say(&format!("{name} finished"));
             }
-            (State::Starting(_), _) => {
-                self.fail(i, format!("exited during start-up: {status}"));
-            }
-            _ if stopping => {
-                svc.state = State::Exited;
-            }
-            (State::Ready, _) => {
-                // Restart policy comes with the supervisor; for now report it.
-                say(&format!("service {name} exited unexpectedly: {status}"));
-                svc.state = State::Failed(format!("exited: {status}"));
-            }
-            _ => {}
+            (State::Starting(_) | State::Ready, _) => self.supervise_exit(i, status, success),
+            // Failed at its deadline and killed: already reported.
+            _ => self.standin_all(i),
         }
         true
     }

@@ -1,33 +1,66 @@
-//! The scheme registrar: a daemon asks for `/scheme/NAME`; init checks the
-//! name against the unit and that no one else serves it, mounts a fresh
-//! FUSE connection there owned by the daemon's uid and passes the fd back.
-//! The mounts go when their daemon exits.
+//! The scheme registrar and fd store: a daemon asks for `/scheme/NAME`;
+//! init checks the name against the unit and that no one else serves it,
+//! mounts a fresh FUSE connection there owned by the daemon's uid, makes
+//! the scheme's state store (a memfd), and passes both back.
+//!
+//! init keeps its own copies of both (systemd's `FileDescriptorStore` is
+//! the same idea), so the mount outlives the daemon: clients keep their
+//! open files and their requests wait in the kernel. The next instance of
+//! the same service registering the same name gets the same connection and
+//! store back (`ok resumed`); while there is none (the service failed or
+//! was stopped by hand), init's stand-in answers. The mounts go only when
+//! the service is stopped at shutdown.
 
 use std::fs;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use daemon::RootKind;
+use rustix::event::epoll;
+use scheme::Server;
 
-use super::{libc_errno, Services};
+use super::standin::Refusing;
+use super::{libc_errno, token, Services, STANDIN};
 use crate::console::say;
 
+/// One registered scheme, as init keeps it.
+pub struct Kept {
+    pub name: String,
+    kind: RootKind,
+    /// init's copy of the `/dev/fuse` fd serving the mount.
+    fuse: OwnedFd,
+    /// The scheme runtime's state store, found again by the next instance.
+    state: OwnedFd,
+    /// init answering the scheme while no daemon does.
+    standin: Option<Server<Refusing>>,
+}
+
+/// What a registration hands the daemon: the FUSE fd, the state store, and
+/// whether the mount outlived an earlier instance.
+pub struct Granted {
+    pub fuse: OwnedFd,
+    pub state: OwnedFd,
+    pub resumed: bool,
+}
+
 impl Services {
-    /// The scheme registrar: checks the name against the unit, mounts a fresh
-    /// FUSE connection at /scheme/NAME owned by the daemon's uid, and returns
-    /// the fd to pass back.
+    /// Registers `scheme` for service `i`: its kept connection if it had
+    /// one, else a new mount.
     pub(super) fn register(
         &mut self,
         i: usize,
         scheme: &str,
         kind: RootKind,
-    ) -> Result<OwnedFd, (i32, String)> {
+    ) -> Result<Granted, (i32, String)> {
         let unit = &self.list[i].unit;
         if !unit.allows_scheme(scheme) {
             return Err((
                 libc_errno(rustix::io::Errno::ACCESS),
                 format!("{} may not register {scheme:?}", unit.name),
             ));
+        }
+        if let Some(k) = self.list[i].kept.iter().position(|k| k.name == scheme) {
+            return self.resume(i, k, kind);
         }
         if let Some(&owner) = self.owners.get(scheme) {
             return Err((
@@ -50,36 +83,146 @@ impl Services {
                 format!("cannot create {}: {e}", target.display()),
             )
         })?;
-        match scheme::mount_fuse(&target, kind, uid, gid) {
-            Ok(fd) => {
-                self.owners.insert(scheme.to_owned(), i);
-                self.list[i].schemes.push(scheme.to_owned());
-                say(&format!(
-                    "scheme {scheme} registered by {}",
-                    self.list[i].unit.name
-                ));
-                Ok(fd)
-            }
+        let mounted = scheme::mount_fuse(&target, kind, uid, gid).and_then(|fuse| {
+            let state = rustix::fs::memfd_create(
+                format!("state:{scheme}"),
+                rustix::fs::MemfdFlags::CLOEXEC,
+            )?;
+            Ok((fuse, state))
+        });
+        let (fuse, state) = match mounted {
+            Ok(pair) => pair,
             Err(e) => {
+                let _ = rustix::mount::unmount(&target, rustix::mount::UnmountFlags::DETACH);
                 let _ = remove_mountpoint(&target);
-                Err((
+                return Err((
                     e.raw_os_error().unwrap_or(5),
                     format!("cannot mount {}: {e}", target.display()),
-                ))
+                ));
+            }
+        };
+        let granted = Granted {
+            fuse: fuse.try_clone().map_err(dup_failed)?,
+            state: state.try_clone().map_err(dup_failed)?,
+            resumed: false,
+        };
+        self.owners.insert(scheme.to_owned(), i);
+        self.list[i].kept.push(Kept {
+            name: scheme.to_owned(),
+            kind,
+            fuse,
+            state,
+            standin: None,
+        });
+        say(&format!(
+            "scheme {scheme} registered by {}",
+            self.list[i].unit.name
+        ));
+        Ok(granted)
+    }
+
+    /// Hands kept scheme `k` of service `i` to its new instance.
+    fn resume(&mut self, i: usize, k: usize, kind: RootKind) -> Result<Granted, (i32, String)> {
+        let kept = &self.list[i].kept[k];
+        if kept.kind != kind {
+            return Err((
+                libc_errno(rustix::io::Errno::INVAL),
+                format!("scheme {} was registered as a {:?}", kept.name, kept.kind),
+            ));
+        }
+        let granted = Granted {
+            fuse: kept.fuse.try_clone().map_err(dup_failed)?,
+            state: kept.state.try_clone().map_err(dup_failed)?,
+            resumed: true,
+        };
+        self.stop_standin(i, k);
+        say(&format!(
+            "scheme {} taken over by {}",
+            self.list[i].kept[k].name, self.list[i].unit.name
+        ));
+        Ok(granted)
+    }
+
+    /// Names of the schemes service `i` serves (or init stands in for).
+    pub(super) fn scheme_names(&self, i: usize) -> impl Iterator<Item = &str> {
+        self.list[i].kept.iter().map(|k| k.name.as_str())
+    }
+
+    /// init answers every kept scheme of service `i`, which no daemon
+    /// serves now (failed or stopped): the requests its last daemon had
+    /// read come back and are refused with the rest.
+    pub(super) fn standin_all(&mut self, i: usize) {
+        for k in 0..self.list[i].kept.len() {
+            if self.list[i].kept[k].standin.is_some() {
+                continue;
+            }
+            let started = self.list[i].kept[k]
+                .fuse
+                .try_clone()
+                .and_then(|fd| Server::new(fd, Refusing))
+                .and_then(|server| {
+                    epoll::add(
+                        &self.epoll,
+                        server.as_fd(),
+                        epoll::EventData::new_u64(token(i, STANDIN + k as u64)),
+                        epoll::EventFlags::IN,
+                    )?;
+                    scheme::notify_resend(server.as_fd())?;
+                    Ok(server)
+                });
+            let name = self.list[i].kept[k].name.clone();
+            match started {
+                Ok(server) => {
+                    self.list[i].kept[k].standin = Some(server);
+                    say(&format!(
+                        "scheme {name}: answered by init until its service is back"
+                    ));
+                }
+                Err(e) => say(&format!("scheme {name}: cannot stand in: {e}")),
             }
         }
     }
 
-    /// Unmounts every scheme service `i` registered (it has exited).
-    pub(super) fn unregister_all(&mut self, i: usize) {
-        for scheme in std::mem::take(&mut self.list[i].schemes) {
-            self.owners.remove(&scheme);
-            let target = self.scheme_root.join(&scheme);
-            let _ = rustix::mount::unmount(&target, rustix::mount::UnmountFlags::DETACH);
-            let _ = remove_mountpoint(&target);
-            say(&format!("scheme {scheme} removed"));
+    fn stop_standin(&mut self, i: usize, k: usize) {
+        if let Some(server) = self.list[i].kept[k].standin.take() {
+            let _ = epoll::delete(&self.epoll, server.as_fd());
         }
     }
+
+    /// Requests for a scheme init stands in for.
+    pub(super) fn on_standin(&mut self, i: usize, k: usize) {
+        let Some(server) = self.list[i]
+            .kept
+            .get_mut(k)
+            .and_then(|k| k.standin.as_mut())
+        else {
+            return;
+        };
+        if let Err(e) = server.process() {
+            say(&format!("stand-in for {}: {e}", self.list[i].unit.name));
+        }
+    }
+
+    /// Unmounts every scheme service `i` registered (it was stopped for
+    /// good: shutdown).
+    pub(super) fn unregister_all(&mut self, i: usize) {
+        for k in (0..self.list[i].kept.len()).rev() {
+            self.stop_standin(i, k);
+            let kept = self.list[i].kept.remove(k);
+            self.owners.remove(&kept.name);
+            let target = self.scheme_root.join(&kept.name);
+            let _ = rustix::mount::unmount(&target, rustix::mount::UnmountFlags::DETACH);
+            let _ = remove_mountpoint(&target);
+            say(&format!("scheme {} removed", kept.name));
+        }
+    }
+}
+
+fn dup_failed(e: std::io::Error) -> (i32, String) {
+    (
+        e.raw_os_error().unwrap_or(5),
+        format!("cannot duplicate a kept fd: {e}"),
+    )
 }
 
 fn remove_mountpoint(target: &Path) -> std::io::Result<()> {

@@ -85,6 +85,9 @@ pub const FUSE_POLL_SCHEDULE_NOTIFY: u32 = 1 << 0;
 
 /// Notification code carried in `fuse_out_header.error` (unique 0).
 pub const FUSE_NOTIFY_POLL: i32 = 1;
+/// Bit 63 of `unique` marks a request the kernel sent again after
+/// `FUSE_NOTIFY_RESEND`; the reply echoes the whole unique.
+pub const FUSE_UNIQUE_RESEND: u64 = 1 << 63;
 
 #[repr(C)]
 #[derive(

@@ -18,13 +18,14 @@ mod handles;
 pub mod mount;
 mod nodes;
 mod server;
+pub mod store;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 
 pub use convert::ioctl;
-pub use daemon_main::run_daemon;
+pub use daemon_main::{run_daemon, serve};
 pub use handles::Handles;
-pub use mount::{mount_fuse, unmount, RootKind};
+pub use mount::{mount_fuse, notify_resend, unmount, RootKind};
 pub use server::{Server, Status};
 
 pub use syscall::data::Stat;
@@ -286,6 +287,16 @@ pub trait Scheme {
     ) -> Result<usize> {
         let _ = (id, payload, metadata, ctx);
         Err(Error::new(ENOTTY))
+    }
+
+    /// A write on stream `id` comes again after a restart: the daemon's
+    /// previous instance had read it and died before answering, so it may
+    /// already have had its effect. `Ok` runs it again; an error answers it
+    /// instead. Default: `EIO`, since a stream write is not known to be
+    /// idempotent (a network scheme counts the frame as lost).
+    fn resent_stream_write(&mut self, id: usize) -> Result<()> {
+        let _ = id;
+        Err(Error::new(syscall::error::EIO))
     }
 
     /// The last reference to `id` is gone. Any parked request on it has

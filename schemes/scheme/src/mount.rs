@@ -52,3 +52,19 @@ pub fn unmount(target: &Path) -> io::Result<()> {
     rustix::mount::unmount(target, UnmountFlags::DETACH)?;
     Ok(())
 }
+
+/// `FUSE_NOTIFY_RESEND` (Linux 6.9, protocol 7.40): the notification code
+/// in `fuse_out_header.error` of a message with `unique` 0 and no body.
+const FUSE_NOTIFY_RESEND: i32 = 7;
+
+/// Asks the kernel to queue again every request of this connection that was
+/// read but not answered (by a daemon that has since died): they come back
+/// with bit 63 set in `unique`, which the reply echoes. Whoever takes over a
+/// connection sends it once, before serving.
+pub fn notify_resend(fuse: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    let mut msg = [0u8; 16];
+    msg[..4].copy_from_slice(&16u32.to_ne_bytes());
+    msg[4..8].copy_from_slice(&FUSE_NOTIFY_RESEND.to_ne_bytes());
+    rustix::io::write(fuse, &msg)?;
+    Ok(())
+}

@@ -37,6 +37,29 @@ impl Nodes {
         nodes
     }
 
+    /// The map an earlier instance recorded (`store`). The kernel's
+    /// lookup counts were not recorded, so each node counts as looked up
+    /// many times: a FORGET then never drops a node the kernel may still
+    /// use (a few stale entries cost nothing).
+    pub(crate) fn restore(recorded: &std::collections::BTreeMap<u64, String>) -> Nodes {
+        let mut nodes = Nodes::new();
+        for (&id, path) in recorded {
+            if id == ROOT_ID {
+                continue;
+            }
+            nodes.by_id.insert(
+                id,
+                Node {
+                    path: path.clone(),
+                    lookups: u64::MAX / 2,
+                },
+            );
+            nodes.by_path.insert(path.clone(), id);
+            nodes.next = nodes.next.max(id + 1);
+        }
+        nodes
+    }
+
     pub(crate) fn path(&self, id: u64) -> Option<&str> {
         self.by_id.get(&id).map(|n| n.path.as_str())
     }
@@ -47,12 +70,13 @@ impl Nodes {
     }
 
     /// Counts one more kernel lookup of `path`, creating its id if needed.
-    pub(crate) fn lookup(&mut self, path: &str) -> u64 {
+    /// Returns the id and whether it is new.
+    pub(crate) fn lookup(&mut self, path: &str) -> (u64, bool) {
         if let Some(&id) = self.by_path.get(path) {
             if let Some(node) = self.by_id.get_mut(&id) {
                 node.lookups = node.lookups.saturating_add(1);
             }
-            return id;
+            return (id, false);
         }
         let id = self.next;
         self.next += 1;
@@ -64,12 +88,13 @@ impl Nodes {
             },
         );
         self.by_path.insert(path.to_owned(), id);
-        id
+        (id, true)
     }
 
-    pub(crate) fn forget(&mut self, id: u64, n: u64) {
+    /// Gives back `n` lookups of `id`; true when that was the last.
+    pub(crate) fn forget(&mut self, id: u64, n: u64) -> bool {
         if id == ROOT_ID {
-            return;
+            return false;
         }
         let gone = match self.by_id.get_mut(&id) {
             Some(node) => {
@@ -83,6 +108,7 @@ impl Nodes {
                 self.by_path.remove(&node.path);
             }
         }
+        gone
     }
 
     #[cfg(test)]
@@ -112,14 +138,15 @@ mod tests {
     fn lookup_and_forget() {
         let mut n = Nodes::new();
         assert_eq!(n.path(ROOT_ID), Some(""));
-        let a = n.lookup("a");
-        assert_eq!(n.lookup("a"), a);
+        let (a, new) = n.lookup("a");
+        assert!(new);
+        assert_eq!(n.lookup("a"), (a, false));
         assert_eq!(n.path(a), Some("a"));
         n.forget(a, 1);
         assert_eq!(n.path(a), Some("a"));
         n.forget(a, 1);
         assert_eq!(n.path(a), None);
-        assert_ne!(n.lookup("a"), a, "ids are not reused");
+        assert_ne!(n.lookup("a").0, a, "ids are not reused");
         n.forget(ROOT_ID, 100);
         assert_eq!(n.path(ROOT_ID), Some(""));
         n.forget(999, 1);

@@ -3,7 +3,7 @@
 //! deferred requests when the scheme completes them and sends poll
 //! notifications. Single-threaded; the daemon owns the event loop.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
@@ -20,6 +20,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes};
 use crate::abi::{self, *};
 use crate::convert::{self, linux};
 use crate::nodes::{join, Nodes};
+use crate::store::{Change, OpenRecord, Store};
 use crate::{CallerCtx, Completed, Completion, DirentBuf, DirentKind, Error, Result, Scheme, Stat};
 
 /// What [`Server::process`] found.
@@ -78,10 +79,30 @@ struct Poller {
     ctx: CallerCtx,
 }
 
+/// One open file as the kernel knows it (by the `fh` the runtime gave
+/// out): the scheme's handle id behind it.
+#[derive(Debug, Clone, Copy)]
+enum Handle {
+    Open {
+        id: usize,
+        stream: bool,
+    },
+    /// Opened by an earlier instance and not reopened by this one (the
+    /// path is gone, the scheme refused): requests on it get `EIO`.
+    Lost,
+}
+
 /// Serves one [`Scheme`] on one FUSE connection.
 pub struct Server<S: Scheme> {
     fd: OwnedFd,
     scheme: S,
+    /// Kernel `fh` → scheme handle. The runtime hands out its own `fh`s so
+    /// a new instance can reopen an earlier one's handles under the same
+    /// numbers the kernel holds.
+    handles: HashMap<u64, Handle>,
+    next_fh: u64,
+    /// What a later instance must find: node ids, handles, poll handles.
+    store: Store,
     rbuf: Vec<u8>,
     iobuf: Vec<u8>,
     nodes: Nodes,
@@ -109,11 +130,35 @@ impl<S: Scheme> Server<S> {
     /// Takes a `/dev/fuse` fd (mounted by the registrar) and makes it
     /// non-blocking. Does not block: INIT is just the first request.
     pub fn new(fd: OwnedFd, scheme: S) -> io::Result<Server<S>> {
+        Server::with_store(fd, scheme, Store::open(None))
+    }
+
+    /// Serves the scheme init registered for this daemon. On a connection
+    /// that outlived an earlier instance (`reg.resumed`), takes it over:
+    /// reads the earlier instance's node ids and handles back from the state
+    /// store, opens those handles again in `scheme`, wakes the kernel's poll
+    /// sleepers (they poll again, and so register with us), and asks the
+    /// kernel to resend every request the dead instance had read and not
+    /// answered.
+    pub fn from_registration(reg: daemon::Registration, scheme: S) -> io::Result<Server<S>> {
+        let resumed = reg.resumed;
+        let mut server = Server::with_store(reg.fuse, scheme, Store::open(reg.state))?;
+        if resumed {
+            server.resume();
+            crate::notify_resend(server.fd.as_fd())?;
+        }
+        Ok(server)
+    }
+
+    fn with_store(fd: OwnedFd, scheme: S, store: Store) -> io::Result<Server<S>> {
         let fl = rustix::fs::fcntl_getfl(&fd)?;
         rustix::fs::fcntl_setfl(&fd, fl | OFlags::NONBLOCK)?;
         Ok(Server {
             fd,
             scheme,
+            handles: HashMap::new(),
+            next_fh: 0,
+            store,
             rbuf: vec![0; REQUEST_BUFFER_SIZE],
             iobuf: vec![0; MAX_WRITE],
             nodes: Nodes::new(),
@@ -124,6 +169,72 @@ impl<S: Scheme> Server<S> {
             pollers: BTreeMap::new(),
             minor: KERNEL_MINOR_VERSION,
         })
+    }
+
+    /// Rebuilds what the store recorded (see [`Server::from_registration`]).
+    fn resume(&mut self) {
+        let tables = self.store.tables().clone();
+        if let Some(m) = tables.minor {
+            self.minor = m;
+        }
+        self.nodes = Nodes::restore(&tables.nodes);
+        let mut lost = 0;
+        for (&fh, o) in &tables.opens {
+            let ctx = CallerCtx {
+                uid: o.uid,
+                gid: o.gid,
+                pid: o.pid,
+                request: 0,
+            };
+            let h = match self.scheme.openat(&o.path, o.flags, &ctx) {
+                Ok(opened) => Handle::Open {
+                    id: opened.id,
+                    stream: o.stream,
+                },
+                Err(e) => {
+                    warn!("fuse: handle {fh} ({:?}) not reopened: {e}", o.path);
+                    lost += 1;
+                    Handle::Lost
+                }
+            };
+            self.handles.insert(fh, h);
+        }
+        self.next_fh = tables.next_fh().unwrap_or(0);
+        for &kh in tables.polls.keys() {
+            let n = NotifyPollWakeupOut { kh };
+            self.send(0, FUSE_NOTIFY_POLL, &[n.as_bytes()]);
+            self.store.record(Change::Unpoll(kh));
+        }
+        log::info!(
+            "fuse: took over the connection: {} nodes, {} handles ({lost} lost), {} poll sleepers woken",
+            tables.nodes.len(),
+            tables.opens.len(),
+            tables.polls.len()
+        );
+    }
+
+    /// The scheme's handle for a write. A write the kernel sends again
+    /// (its earlier instance had read it and died before answering) on a
+    /// stream may already have had its effect (a frame on the wire): the
+    /// scheme decides ([`Scheme::resent_stream_write`]); a positioned write
+    /// just runs again, as it is idempotent.
+    fn writable(&mut self, p: &Parked) -> Result<usize> {
+        let id = self.sid(p.fh)?;
+        if p.unique & FUSE_UNIQUE_RESEND != 0 {
+            if let Some(Handle::Open { stream: true, .. }) = self.handles.get(&p.fh) {
+                self.scheme.resent_stream_write(id)?;
+            }
+        }
+        Ok(id)
+    }
+
+    /// The scheme's handle behind kernel `fh`.
+    fn sid(&self, fh: u64) -> Result<usize> {
+        match self.handles.get(&fh) {
+            Some(Handle::Open { id, .. }) => Ok(*id),
+            Some(Handle::Lost) => Err(Error::new(EIO)),
+            None => Err(Error::new(EBADF)),
+        }
     }
 
     pub fn scheme(&self) -> &S {
@@ -233,7 +344,7 @@ impl<S: Scheme> Server<S> {
         }
         if self.closing.contains(&d.fh) && !self.deferred.values().any(|x| x.fh == d.fh) {
             self.closing.remove(&d.fh);
-            self.scheme.on_close(d.fh as usize);
+            self.close_handle(d.fh);
         }
     }
 
@@ -344,7 +455,7 @@ impl<S: Scheme> Server<S> {
             FUSE_LOOKUP => self.op_lookup(&req, &ctx),
             FUSE_FORGET => {
                 if let Some((f, _)) = req.arg::<ForgetIn>() {
-                    self.nodes.forget(h.nodeid, f.nlookup);
+                    self.forget(h.nodeid, f.nlookup);
                 }
                 Ok(())
             }
@@ -438,6 +549,7 @@ impl<S: Scheme> Server<S> {
             return Ok(());
         }
         self.minor = init.minor.min(KERNEL_MINOR_VERSION);
+        self.store.record(Change::Init(self.minor));
         let out = InitOut {
             major: KERNEL_VERSION,
             minor: self.minor,
@@ -464,7 +576,10 @@ impl<S: Scheme> Server<S> {
     }
 
     fn entry_out(&mut self, path: &str, stat: &Stat) -> EntryOut {
-        let id = self.nodes.lookup(path);
+        let (id, new) = self.nodes.lookup(path);
+        if new {
+            self.store.record(Change::Node(id, path));
+        }
         // Validity 0: device state changes under the kernel, never cache.
         EntryOut {
             nodeid: id,
@@ -483,6 +598,12 @@ impl<S: Scheme> Server<S> {
         Ok(())
     }
 
+    fn forget(&mut self, id: u64, n: u64) {
+        if self.nodes.forget(id, n) {
+            self.store.record(Change::Forget(id));
+        }
+    }
+
     fn op_batch_forget(&mut self, req: &Request<'_>) {
         let Some((b, mut rest)) = req.arg::<BatchForgetIn>() else {
             warn!("fuse: short BATCH_FORGET");
@@ -493,7 +614,7 @@ impl<S: Scheme> Server<S> {
                 warn!("fuse: BATCH_FORGET shorter than its count");
                 return;
             };
-            self.nodes.forget(one.nodeid, one.nlookup);
+            self.forget(one.nodeid, one.nlookup);
             rest = tail;
         }
     }
@@ -510,7 +631,7 @@ impl<S: Scheme> Server<S> {
         let mut stat = Stat::default();
         match req.arg::<GetattrIn>() {
             Some((g, _)) if g.getattr_flags & FUSE_GETATTR_FH != 0 => {
-                self.scheme.fstat(g.fh as usize, &mut stat, ctx)?
+                self.scheme.fstat(self.sid(g.fh)?, &mut stat, ctx)?
             }
             _ => {
                 let path = self.path_of(h.nodeid)?;
@@ -531,7 +652,7 @@ impl<S: Scheme> Server<S> {
         // are accepted and ignored so that tools like `touch` work.
         if s.valid & FATTR_SIZE != 0 {
             if with_fh {
-                self.scheme.ftruncate(s.fh as usize, s.size, ctx)?;
+                self.scheme.ftruncate(self.sid(s.fh)?, s.size, ctx)?;
             } else {
                 let opened = self.scheme.openat(&path, O_WRONLY, ctx)?;
                 let res = self.scheme.ftruncate(opened.id, s.size, ctx);
@@ -541,7 +662,7 @@ impl<S: Scheme> Server<S> {
         }
         let mut stat = Stat::default();
         if with_fh {
-            self.scheme.fstat(s.fh as usize, &mut stat, ctx)?;
+            self.scheme.fstat(self.sid(s.fh)?, &mut stat, ctx)?;
         } else {
             self.scheme.stat_path(&path, &mut stat, ctx)?;
         }
@@ -550,7 +671,7 @@ impl<S: Scheme> Server<S> {
         Ok(())
     }
 
-    fn open_out(opened: crate::OpenResult, dir: bool) -> OpenOut {
+    fn open_out(fh: u64, opened: crate::OpenResult, dir: bool) -> OpenOut {
         let mut open_flags = 0;
         if !dir {
             // Device data is never cached by the kernel, so there is
@@ -565,7 +686,7 @@ impl<S: Scheme> Server<S> {
             }
         }
         OpenOut {
-            fh: opened.id as u64,
+            fh,
             open_flags,
             padding: 0,
         }
@@ -579,8 +700,51 @@ impl<S: Scheme> Server<S> {
             flags |= O_DIRECTORY;
         }
         let opened = self.scheme.openat(&path, flags, ctx)?;
-        self.reply(req.header.unique, &Self::open_out(opened, dir));
+        let fh = self.new_handle(opened, flags, &path, ctx);
+        self.reply(req.header.unique, &Self::open_out(fh, opened, dir));
         Ok(())
+    }
+
+    /// Gives the kernel a new `fh` for a handle the scheme opened, and
+    /// records it for a later instance.
+    fn new_handle(
+        &mut self,
+        opened: crate::OpenResult,
+        flags: usize,
+        path: &str,
+        ctx: &CallerCtx,
+    ) -> u64 {
+        let fh = self.next_fh;
+        self.next_fh += 1;
+        self.handles.insert(
+            fh,
+            Handle::Open {
+                id: opened.id,
+                stream: opened.stream,
+            },
+        );
+        self.store.record(Change::Open(
+            fh,
+            OpenRecord {
+                // Creation and truncation happened once; a reopen only opens.
+                flags: flags
+                    & !(syscall::flag::O_CREAT | syscall::flag::O_EXCL | syscall::flag::O_TRUNC),
+                stream: opened.stream,
+                uid: ctx.uid,
+                gid: ctx.gid,
+                pid: ctx.pid,
+                path: path.to_owned(),
+            },
+        ));
+        fh
+    }
+
+    /// The kernel released `fh`: the scheme's handle closes.
+    fn close_handle(&mut self, fh: u64) {
+        if let Some(Handle::Open { id, .. }) = self.handles.remove(&fh) {
+            self.scheme.on_close(id);
+        }
+        self.store.record(Change::Close(fh));
     }
 
     fn op_create(&mut self, req: &Request<'_>, ctx: &CallerCtx) -> Result<()> {
@@ -595,7 +759,8 @@ impl<S: Scheme> Server<S> {
             return Err(e);
         }
         let entry = self.entry_out(&path, &stat);
-        let open = Self::open_out(opened, false);
+        let fh = self.new_handle(opened, flags, &path, ctx);
+        let open = Self::open_out(fh, opened, false);
         self.send(req.header.unique, 0, &[entry.as_bytes(), open.as_bytes()]);
         Ok(())
     }
@@ -654,10 +819,10 @@ impl<S: Scheme> Server<S> {
                 fcntl,
             } => {
                 let size = (*size).min(self.iobuf.len());
+                let sid = self.sid(p.fh);
                 let buf = &mut self.iobuf[..size];
-                let res = self
-                    .scheme
-                    .read(p.fh as usize, buf, *offset, *fcntl, &p.ctx)
+                let res = sid
+                    .and_then(|id| self.scheme.read(id, buf, *offset, *fcntl, &p.ctx))
                     .and_then(|n| {
                         if n <= size {
                             Ok(n)
@@ -674,8 +839,8 @@ impl<S: Scheme> Server<S> {
             } => {
                 let data = write_data.unwrap_or(data);
                 let res = self
-                    .scheme
-                    .write(p.fh as usize, data, *offset, *fcntl, &p.ctx)
+                    .writable(p)
+                    .and_then(|id| self.scheme.write(id, data, *offset, *fcntl, &p.ctx))
                     .and_then(|n| {
                         if n <= data.len() {
                             Ok(n)
@@ -752,7 +917,7 @@ impl<S: Scheme> Server<S> {
 
     fn op_fsync(&mut self, req: &Request<'_>, ctx: &CallerCtx) -> Result<()> {
         let (f, _) = req.arg::<FsyncIn>().ok_or(Error::new(EINVAL))?;
-        match self.scheme.fsync(f.fh as usize, ctx) {
+        match self.scheme.fsync(self.sid(f.fh)?, ctx) {
             Ok(()) => self.reply_empty(req.header.unique),
             Err(e) if e.errno == EINPROGRESS => {
                 self.defer(req.header.unique, f.fh, DeferredKind::Fsync)
@@ -805,7 +970,7 @@ impl<S: Scheme> Server<S> {
             debug!("fuse: handle {} released with deferred requests", r.fh);
             self.closing.insert(r.fh);
         } else {
-            self.scheme.on_close(r.fh as usize);
+            self.close_handle(r.fh);
         }
         self.reply_empty(req.header.unique);
         Ok(())
@@ -817,7 +982,7 @@ impl<S: Scheme> Server<S> {
         let size = (r.size as usize).min(MAX_WRITE);
         let mut buf = DirentBuf::new(size);
         self.scheme
-            .getdents(r.fh as usize, &mut buf, r.offset, ctx)?;
+            .getdents(self.sid(r.fh)?, &mut buf, r.offset, ctx)?;
         let mut out = Vec::with_capacity(size.min(64 * 1024));
         for (name, kind, next) in &buf.entries {
             let path = join(&dir, name);
@@ -859,12 +1024,10 @@ impl<S: Scheme> Server<S> {
         }
         let mut payload = vec![0u8; in_size.max(out_size)];
         payload[..in_size].copy_from_slice(&data[..in_size]);
-        let res = self.scheme.call(
-            io.fh as usize,
-            &mut payload,
-            &[u64::from(io.cmd), io.arg],
-            ctx,
-        );
+        let id = self.sid(io.fh)?;
+        let res = self
+            .scheme
+            .call(id, &mut payload, &[u64::from(io.cmd), io.arg], ctx);
         let value = match res {
             Ok(v) => v,
             // ENOSYS would make the kernel give up on ioctl for the mount.
@@ -893,13 +1056,19 @@ impl<S: Scheme> Server<S> {
                 }
             }
         }
-        let ready = match self.scheme.fevent(p.fh as usize, events, ctx) {
+        let ready = match self
+            .sid(p.fh)
+            .and_then(|id| self.scheme.fevent(id, events, ctx))
+        {
             Ok(r) => r & events,
             // ENOSYS would disable poll for the whole mount: report ready.
             Err(e) if e.errno == ENOSYS => events,
             Err(e) => return Err(e),
         };
         if p.flags & FUSE_POLL_SCHEDULE_NOTIFY != 0 {
+            if !self.pollers.contains_key(&p.kh) {
+                self.store.record(Change::Poll { kh: p.kh, fh: p.fh });
+            }
             self.pollers.insert(
                 p.kh,
                 Poller {
@@ -921,7 +1090,11 @@ impl<S: Scheme> Server<S> {
     fn check_pollers(&mut self) {
         let mut wake = Vec::new();
         for (&kh, p) in self.pollers.iter_mut() {
-            match self.scheme.fevent(p.fh as usize, p.events, &p.ctx) {
+            let sid = match self.handles.get(&p.fh) {
+                Some(Handle::Open { id, .. }) => Ok(*id),
+                _ => Err(Error::new(EBADF)),
+            };
+            match sid.and_then(|id| self.scheme.fevent(id, p.events, &p.ctx)) {
                 Ok(r) => {
                     let r = r & p.events;
                     if !(r - p.last).is_empty() {
@@ -1027,6 +1200,10 @@ mod tests {
         }
     }
 
+    /// The one handle id the test scheme gives out; the kernel sees the
+    /// runtime's own `fh` for it.
+    const SCHEME_ID: usize = 5;
+
     impl Scheme for Pending {
         fn openat(
             &mut self,
@@ -1035,7 +1212,7 @@ mod tests {
             _ctx: &CallerCtx,
         ) -> Result<crate::OpenResult> {
             if path.is_empty() {
-                Ok(OpenResult::stream(5))
+                Ok(OpenResult::stream(SCHEME_ID))
             } else {
                 Err(Error::new(ENOENT))
             }
@@ -1364,7 +1541,7 @@ mod tests {
         h.expect_err(second, EBADF);
         let (u, e, _) = h.reply().unwrap();
         assert_eq!((u, e), (r, 0));
-        assert_eq!(h.server.scheme().closed, vec![fh as usize]);
+        assert_eq!(h.server.scheme().closed, vec![SCHEME_ID]);
     }
 
     #[test]
@@ -1507,11 +1684,11 @@ mod tests {
         h.finish(r, Ok(Completed::Read(Vec::new())));
         let (u, e, _) = h.reply().unwrap();
         assert_eq!((u, e), (r, 0));
-        assert_eq!(h.server.scheme().closed, vec![fh as usize]);
+        assert_eq!(h.server.scheme().closed, vec![SCHEME_ID]);
         // Late duplicates change nothing.
         h.finish(r, Ok(Completed::Read(Vec::new())));
         assert!(h.reply().is_none());
-        assert_eq!(h.server.scheme().closed, vec![fh as usize]);
+        assert_eq!(h.server.scheme().closed, vec![SCHEME_ID]);
         assert_eq!(h.server.deferred(), 0);
     }
 

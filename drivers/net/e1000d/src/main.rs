@@ -37,11 +37,11 @@ fn run() -> io::Result<()> {
     let scheme = NetworkScheme::new(nic);
 
     let daemon = daemon::Daemon::from_env()?;
-    let fd = daemon.register_scheme(&format!("network.{}_e1000", handle.name()))?;
+    let reg = daemon.register_scheme(&format!("network.{}_e1000", handle.name()))?;
     common::sandbox::enter_sandbox()?;
     daemon.ready()?;
 
-    DriverLoop::new(Server::new(fd, scheme)?)?
+    DriverLoop::new(Server::from_registration(reg, scheme)?, daemon)?
         // Reads ICR (which drops the line), reclaims, drains; the loop acks
         // the INTx line afterwards and answers parked readers and writers.
         .on_irq(irq, |nic: &mut NetworkScheme<_>| {

@@ -16,7 +16,7 @@
 //! | `frames` ([`FRAMES`]) | the frame stream: open `O_RDWR` (or read/write only) |
 //! | `mac` | `52:54:00:12:34:56\n` |
 //! | `link` | `up\n` or `down\n` |
-//! | `stats` | lines `key value\n`: `rx_frames rx_bytes tx_frames tx_bytes rx_dropped rx_truncated rx_errors tx_errors` |
+//! | `stats` | lines `key value\n`: `rx_frames rx_bytes tx_frames tx_bytes rx_dropped rx_truncated rx_errors tx_errors tx_lost` (since this driver instance started) |
 //!
 //! `frames` is a stream (not seekable). Each `write` sends exactly one frame
 //! of [`MIN_FRAME`]`..=`[`MAX_FRAME`] bytes (Ethernet header and payload, no

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use log::warn;
 use scheme::{CallerCtx, DirentBuf, DirentKind, Handles, OpenResult, Scheme, Stat};
 use syscall::error::{
-    Error, Result, EACCES, EAGAIN, EBADF, EINVAL, EISDIR, ENOENT, ENOTDIR, EWOULDBLOCK,
+    Error, Result, EACCES, EAGAIN, EBADF, EINVAL, EIO, EISDIR, ENOENT, ENOTDIR, EWOULDBLOCK,
 };
 use syscall::flag::{EventFlags, MODE_DIR, MODE_FILE, O_DIRECTORY, O_RDONLY, O_STAT, O_WRONLY};
 
@@ -55,6 +55,10 @@ struct Counters {
     rx_truncated: u64,
     /// Transmits the device refused with an error other than EAGAIN.
     tx_failed: u64,
+    /// Frames a client wrote before this driver restarted, which the dead
+    /// instance had taken and may or may not have sent: answered `EIO`,
+    /// never sent twice.
+    tx_lost: u64,
 }
 
 /// The `network.*` scheme over one NIC.
@@ -184,6 +188,7 @@ impl<D: NetworkDevice> NetworkScheme<D> {
                     ("rx_truncated", c.rx_truncated),
                     ("rx_errors", e.rx_errors),
                     ("tx_errors", e.tx_errors.saturating_add(c.tx_failed)),
+                    ("tx_lost", c.tx_lost),
                 ];
                 let mut s = String::new();
                 for (k, v) in lines {
@@ -364,6 +369,13 @@ impl<D: NetworkDevice> Scheme for NetworkScheme<D> {
     fn ftruncate(&mut self, id: usize, _len: u64, _ctx: &CallerCtx) -> Result<()> {
         // Nothing to truncate (a shell's `>` redirection must still work).
         self.handles.get(id).map(|_| ())
+    }
+
+    /// A frame written before a restart comes again: it may already be on
+    /// the wire, so it is answered `EIO` once and counted, never sent twice.
+    fn resent_stream_write(&mut self, _id: usize) -> Result<()> {
+        self.counters.tx_lost += 1;
+        Err(Error::new(EIO))
     }
 
     fn on_close(&mut self, id: usize) {

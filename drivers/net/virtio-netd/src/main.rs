@@ -31,7 +31,7 @@ fn run() -> io::Result<()> {
     let scheme = NetworkScheme::new(nic);
 
     let daemon = daemon::Daemon::from_env()?;
-    let fd = daemon.register_scheme(&format!("network.{}_virtio_net", handle.name()))?;
+    let reg = daemon.register_scheme(&format!("network.{}_virtio_net", handle.name()))?;
     common::sandbox::enter_sandbox()?;
     daemon.ready()?;
 
@@ -43,7 +43,7 @@ fn run() -> io::Result<()> {
         nic.on_irq();
         Ok(())
     };
-    DriverLoop::new(Server::new(fd, scheme)?)?
+    DriverLoop::new(Server::from_registration(reg, scheme)?, daemon)?
         .on_irq(rx, on_queue)?
         .on_irq(tx, on_queue)?
         // A device that needs a reset serves nothing more: exit, and the

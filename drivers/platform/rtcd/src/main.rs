@@ -52,10 +52,13 @@ fn run() -> io::Result<()> {
         // Served anyway: each open reports the error as EIO and logs why.
         Err(e) => warn!("CMOS clock at ports {index:#x}/{data:#x} does not read well: {e}"),
     }
-    let fd = daemon.register_scheme("time")?;
+    let reg = daemon.register_scheme("time")?;
     common::sandbox::enter_sandbox()?;
     daemon.ready()?;
-    Server::new(fd, TimeScheme::new(cmos))?.run()
+    ::scheme::serve(
+        Server::from_registration(reg, TimeScheme::new(cmos))?,
+        &daemon,
+    )
 }
 
 /// The only arguments rtcd may get are acpid's `--mem BASE+LEN` (for a

@@ -55,12 +55,12 @@ fn run() -> io::Result<()> {
     let scheme = DiskScheme::new(vec![disk], &mut wait);
 
     let daemon = daemon::Daemon::from_env()?;
-    let fd = daemon.register_scheme(&format!("disk.{}_virtio_blk", handle.name()))?;
+    let reg = daemon.register_scheme(&format!("disk.{}_virtio_blk", handle.name()))?;
     common::sandbox::enter_sandbox()?;
     daemon.ready()?;
 
     let Irqs { queue, config } = irqs;
-    DriverLoop::new(Server::new(fd, scheme)?)?
+    DriverLoop::new(Server::from_registration(reg, scheme)?, daemon)?
         // Collects finished requests; the loop then answers them and
         // retries any that waited for queue space.
         .on_irq(queue, |disk: &mut DiskScheme<Disk>| {

@@ -1,0 +1,394 @@
+//! The supervisor (MINIX's reincarnation server is the model): what happens
+//! when a service ends by itself, the heartbeat that tells a hung daemon
+//! from a busy one, and the controls a person uses by hand.
+//!
+//! - A crash is an exit or a signal; a hang is [`HEARTBEAT_MISSES`] pings in
+//!   a row without a pong (a stopped or spinning daemon too): it is killed,
+//!   and then handled as a crash.
+//! - The unit's `restart` policy decides whether it comes back. The first
+//!   restart is immediate, the next wait 1, 2, 4 s, then [`BACKOFF_CAP`];
+//!   more than [`FAILURE_LIMIT`] ends within [`FAILURE_WINDOW`] mark it
+//!   failed, and its schemes are answered by init's stand-in (`ENODEV`,
+//!   `EIO`) while the rest of the system goes on.
+//! - Its schemes stay mounted throughout: init keeps each FUSE connection
+//!   and state store (`registrar`), so clients keep their open files and
+//!   their requests wait for the next instance, which takes over the
+//!   connection and has the kernel resend what the dead one had read.
+//! - A driver that pcid started with the device's fds cannot be started
+//!   again by init alone: init asks pcid (`respawn`), which resets the
+//!   claim, opens a fresh container and IOMMU domain and spawns it anew.
+
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use daemon::proto::Notice;
+use rustix::process::Signal;
+
+use super::{say, Services, State};
+use crate::unit::Restart;
+
+/// How often init pings a running daemon.
+pub const HEARTBEAT_PERIOD: Duration = Duration::from_secs(1);
+/// Pings in a row without an answer that make a daemon hung. A loop that
+/// is serving requests answers between them; under TCG one request takes
+/// milliseconds, so three seconds of silence is not a busy daemon.
+pub const HEARTBEAT_MISSES: u32 = 3;
+/// Ends within [`FAILURE_WINDOW`] a service may have and still come back.
+pub const FAILURE_LIMIT: usize = 5;
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// The longest wait before a restart. MINIX doubles without a bound worth
+/// naming; here a failing driver takes its device away from every client,
+/// so the wait stays short: 8 s, which still keeps a crash loop from
+/// costing more than a small share of the machine.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(8);
+/// How long an enumerator may take to claim a device again and spawn its
+/// driver after `respawn`.
+pub const RESPAWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the supervisor keeps about one service, shown by `/scheme/init`.
+#[derive(Debug, Clone, Default)]
+pub struct Record {
+    /// Times it was started again after an end (by policy or by hand).
+    pub restarts: u32,
+    /// Hangs detected (missed heartbeats).
+    pub hangs: u32,
+    /// When its recent unplanned ends happened, for the failure limit.
+    failures: Vec<Instant>,
+    /// How it last ended, and when (seconds since boot).
+    pub last_exit: Option<(String, f64)>,
+    /// Since when it has been running (set at each start).
+    pub up_since: Option<Instant>,
+    /// Why init killed it, for its exit report (a hang, a missed deadline).
+    pub killed_for: Option<String>,
+    /// The heartbeat: the last ping sent, when the last pong came, when
+    /// the next ping is due.
+    ping: u64,
+    last_pong: Option<Instant>,
+    next_ping: Option<Instant>,
+}
+
+/// What was asked by hand of a running service, acted on at its exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByHand {
+    Restart,
+    Stop,
+}
+
+/// A control written to `/scheme/init/control`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    Restart(String),
+    Stop(String),
+    Start(String),
+}
+
+impl Control {
+    /// `restart NAME`, `stop NAME` or `start NAME`.
+    pub fn parse(text: &str) -> Option<Control> {
+        let mut words = text.split_whitespace();
+        let c = match (words.next()?, words.next()?) {
+            ("restart", n) => Control::Restart(n.to_owned()),
+            ("stop", n) => Control::Stop(n.to_owned()),
+            ("start", n) => Control::Start(n.to_owned()),
+            _ => return None,
+        };
+        words.next().is_none().then_some(c)
+    }
+}
+
+/// The wait before the `n`th restart in a row (1-based): 0, 1, 2, 4 s, …,
+/// at most [`BACKOFF_CAP`].
+pub fn backoff(n: usize) -> Duration {
+    match n {
+        0 | 1 => Duration::ZERO,
+        n => Duration::from_secs(1u64 << (n - 2).min(16)).min(BACKOFF_CAP),
+    }
+}
+
+impl Services {
+    /// A started or running service ended without being asked to.
+    pub(super) fn supervise_exit(&mut self, i: usize, status: &str, success: bool) {
+        let now = Instant::now();
+        let svc = &mut self.list[i];
+        let name = svc.unit.name.clone();
+        let why = match svc.record.killed_for.take() {
+            Some(reason) => format!("{reason} ({status})"),
+            None => status.to_owned(),
+        };
+        svc.record.last_exit = Some((why.clone(), crate::system::uptime()));
+        svc.record.up_since = None;
+        match svc.pending.take() {
+            Some(ByHand::Stop) => {
+                say(&format!("{name} stopped ({why})"));
+                svc.state = State::Stopped;
+                self.standin_all(i);
+                return;
+            }
+            Some(ByHand::Restart) => {
+                say(&format!("{name} exited ({why}); restarting it as asked"));
+                self.restart_now(i);
+                return;
+            }
+            None => {}
+        }
+        let starting = matches!(svc.state, State::Starting(_));
+        let failed = !success || why != status;
+        let again = match svc.unit.restart_policy {
+            Restart::Always => true,
+            Restart::OnFailure => failed,
+            Restart::Never => false,
+        };
+        if !again {
+            if starting {
+                self.fail(i, format!("exited during start-up: {why}"));
+            } else {
+                say(&format!("service {name} exited unexpectedly: {why}"));
+                self.list[i].state = State::Failed(format!("exited: {why}"));
+            }
+            self.standin_all(i);
+            return;
+        }
+        svc.record
+            .failures
+            .retain(|t| now.duration_since(*t) < FAILURE_WINDOW);
+        svc.record.failures.push(now);
+        let n = svc.record.failures.len();
+        if n > FAILURE_LIMIT {
+            let reason = format!(
+                "ended {n} times in {} s (last: {why}); not restarted",
+                FAILURE_WINDOW.as_secs()
+            );
+            self.fail(i, reason);
+            self.standin_all(i);
+            return;
+        }
+        let wait = backoff(n);
+        say(&format!(
+            "service {name} exited: {why}; restarting it{}",
+            if wait.is_zero() {
+                String::new()
+            } else {
+                format!(" in {} s", wait.as_secs())
+            }
+        ));
+        svc.state = State::Restarting(now + wait);
+    }
+
+    /// Starts service `i` again now: by its enumerator for a driver that
+    /// was given a device's fds, else directly.
+    fn restart_now(&mut self, i: usize) {
+        let now = Instant::now();
+        self.list[i].record.restarts += 1;
+        let Some(enumerator) = self.list[i].enumerator.clone() else {
+            self.list[i].state = State::Waiting;
+            return;
+        };
+        let (unit, instance) = match self.list[i].unit.name.split_once('@') {
+            Some((u, inst)) => (u.to_owned(), inst.to_owned()),
+            None => (self.list[i].unit.name.clone(), String::new()),
+        };
+        let asked = self
+            .list
+            .iter()
+            .find(|s| s.unit.name == enumerator && s.pid.is_some())
+            .and_then(|e| e.control.as_ref())
+            .map(|fd| {
+                let n = Notice::Respawn { unit, instance };
+                daemon::send_with_fd(fd.as_fd(), &n.encode(), None)
+            });
+        match asked {
+            Some(Ok(())) => self.list[i].state = State::Respawning(now + RESPAWN_TIMEOUT),
+            Some(Err(e)) => {
+                self.fail(i, format!("cannot ask {enumerator} to start it again: {e}"));
+                self.standin_all(i);
+            }
+            None => {
+                self.fail(
+                    i,
+                    format!("{enumerator}, which must start it, is not running"),
+                );
+                self.standin_all(i);
+            }
+        }
+    }
+
+    /// Acts on what is due: restarts whose wait is over, respawns that
+    /// never came, heartbeats to send and hangs to end.
+    pub fn tick(&mut self, now: Instant) {
+        for i in 0..self.list.len() {
+            match self.list[i].state {
+                State::Restarting(at) if now >= at => self.restart_now(i),
+                State::Respawning(by) if now >= by => {
+                    let e = self.list[i].enumerator.clone().unwrap_or_default();
+                    self.fail(i, format!("{e} did not start it again"));
+                    self.standin_all(i);
+                }
+                State::Ready if self.list[i].unit.heartbeats => self.heartbeat(i, now),
+                _ => {}
+            }
+        }
+    }
+
+    fn heartbeat(&mut self, i: usize, now: Instant) {
+        let svc = &mut self.list[i];
+        let (Some(pid), Some(control)) = (svc.pid, svc.control.as_ref()) else {
+            return;
+        };
+        let last = *svc.record.last_pong.get_or_insert(now);
+        let limit = HEARTBEAT_PERIOD * HEARTBEAT_MISSES;
+        if now.duration_since(last) > limit {
+            if svc.record.killed_for.is_none() {
+                svc.record.hangs += 1;
+                let why = format!("hung: no heartbeat for {} s", limit.as_secs());
+                say(&format!("service {}: {why}; killing it", svc.unit.name));
+                svc.record.killed_for = Some(why);
+                let _ = rustix::process::kill_process(pid, Signal::KILL);
+            }
+            return;
+        }
+        if svc.record.next_ping.is_none_or(|t| now >= t) {
+            svc.record.ping += 1;
+            svc.record.next_ping = Some(now + HEARTBEAT_PERIOD);
+            let ping = Notice::Ping(svc.record.ping).encode();
+            // A full socket is a daemon not reading: the deadline decides.
+            let _ = daemon::send_with_fd(control.as_fd(), &ping, None);
+        }
+    }
+
+    /// A daemon answered the heartbeat.
+    pub(super) fn on_pong(&mut self, i: usize) {
+        self.list[i].record.last_pong = Some(Instant::now());
+    }
+
+    /// The service just (re)started: its heartbeat starts fresh.
+    pub(super) fn record_start(&mut self, i: usize) {
+        let r = &mut self.list[i].record;
+        r.up_since = Some(Instant::now());
+        r.last_pong = None;
+        r.next_ping = None;
+    }
+
+    /// The nearest time something is due, for the event loop's timeout.
+    pub fn next_timer(&self) -> Option<Instant> {
+        self.list
+            .iter()
+            .filter_map(|s| match s.state {
+                State::Starting(t) | State::Restarting(t) | State::Respawning(t) => Some(t),
+                State::Ready if s.unit.heartbeats => {
+                    Some(s.record.next_ping.unwrap_or_else(Instant::now).min(
+                        s.record.last_pong.unwrap_or_else(Instant::now)
+                            + HEARTBEAT_PERIOD * HEARTBEAT_MISSES,
+                    ))
+                }
+                _ => None,
+            })
+            .min()
+    }
+
+    /// Every service as `/scheme/init` shows it.
+    pub fn views(&self) -> Vec<crate::init_scheme::View> {
+        let now = Instant::now();
+        self.list
+            .iter()
+            .map(|s| crate::init_scheme::View {
+                name: s.unit.name.clone(),
+                state: s.state.word().to_owned(),
+                why: match &s.state {
+                    State::Failed(why) => Some(why.clone()),
+                    _ => None,
+                },
+                pid: s.pid.map(|p| p.as_raw_nonzero().get() as u32),
+                restarts: s.record.restarts,
+                hangs: s.record.hangs,
+                uptime: s
+                    .record
+                    .up_since
+                    .filter(|_| s.pid.is_some())
+                    .map(|t| now.duration_since(t).as_secs_f64()),
+                last_exit: s.record.last_exit.clone(),
+                restart_policy: match s.unit.restart_policy {
+                    Restart::Always => "always",
+                    Restart::OnFailure => "on-failure",
+                    Restart::Never => "never",
+                }
+                .to_owned(),
+                heartbeat: s.unit.heartbeats,
+            })
+            .collect()
+    }
+
+    /// A control from `/scheme/init/control`. `Err` is an errno and why.
+    pub fn control(&mut self, c: &Control) -> Result<(), (i32, String)> {
+        let name = match c {
+            Control::Restart(n) | Control::Stop(n) | Control::Start(n) => n,
+        };
+        let Some(i) = self.list.iter().position(|s| &s.unit.name == name) else {
+            return Err((syscall::error::ENOENT, format!("no service {name:?}")));
+        };
+        let running = self.list[i].pid;
+        match (c, running) {
+            (Control::Restart(_) | Control::Stop(_), Some(pid)) => {
+                let by_hand = if matches!(c, Control::Stop(_)) {
+                    ByHand::Stop
+                } else {
+                    ByHand::Restart
+                };
+                self.list[i].pending = Some(by_hand);
+                say(&format!("{name}: {by_hand:?} asked by hand"));
+                rustix::process::kill_process(pid, Signal::TERM)
+                    .map_err(|e| (e.raw_os_error(), format!("cannot signal {name}: {e}")))
+            }
+            (Control::Stop(_), None) => match self.list[i].state {
+                State::Restarting(_) | State::Respawning(_) => {
+                    self.list[i].state = State::Stopped;
+                    self.standin_all(i);
+                    Ok(())
+                }
+                _ => Err((syscall::error::EINVAL, format!("{name} is not running"))),
+            },
+            (Control::Restart(_) | Control::Start(_), None) => match self.list[i].state {
+                State::Stopped | State::Failed(_) | State::Exited | State::Restarting(_) => {
+                    say(&format!("{name}: started by hand"));
+                    self.list[i].record.failures.clear();
+                    self.restart_now(i);
+                    Ok(())
+                }
+                _ => Err((syscall::error::EBUSY, format!("{name} is starting"))),
+            },
+            (Control::Start(_), Some(_)) => {
+                Err((syscall::error::EBUSY, format!("{name} is running")))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_an_immediate_first_restart_to_the_cap() {
+        let waits: Vec<u64> = (1..=8).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(waits, [0, 1, 2, 4, 8, 8, 8, 8]);
+        assert_eq!(backoff(1000), BACKOFF_CAP);
+    }
+
+    #[test]
+    fn controls_parse() {
+        assert_eq!(
+            Control::parse("restart virtio-blkd@pci-0000-00-04.0\n"),
+            Some(Control::Restart("virtio-blkd@pci-0000-00-04.0".into()))
+        );
+        assert_eq!(
+            Control::parse("stop fifo"),
+            Some(Control::Stop("fifo".into()))
+        );
+        assert_eq!(
+            Control::parse("start fifo"),
+            Some(Control::Start("fifo".into()))
+        );
+        for bad in ["", "stop", "kill fifo", "stop a b", "restart"] {
+            assert_eq!(Control::parse(bad), None, "{bad:?}");
+        }
+    }
+}
