@@ -6,10 +6,12 @@
 //!   a row without a pong (a stopped or spinning daemon too): it is killed,
 //!   and then handled as a crash.
 //! - The unit's `restart` policy decides whether it comes back. The first
-//!   restart is immediate, the next wait 1, 2, 4 s, then [`BACKOFF_CAP`];
-//!   more than [`FAILURE_LIMIT`] ends within [`FAILURE_WINDOW`] mark it
-//!   failed, and its schemes are answered by init's stand-in (`ENODEV`,
-//!   `EIO`) while the rest of the system goes on.
+//!   restart is immediate, the next wait 1, 2, 4 s, then [`BACKOFF_CAP`].
+//!   A service that ends [`START_LIMIT`] times in a row before it was ever
+//!   ready again (a crash at every start), or more than [`FAILURE_LIMIT`]
+//!   times within [`FAILURE_WINDOW`] while running, is marked failed: its
+//!   schemes are answered by init's stand-in (`ENODEV`, `EIO`) while the
+//!   rest of the system goes on.
 //! - Its schemes stay mounted throughout: init keeps each FUSE connection
 //!   and state store (`registrar`), so clients keep their open files and
 //!   their requests wait for the next instance, which takes over the
@@ -33,8 +35,13 @@ pub const HEARTBEAT_PERIOD: Duration = Duration::from_secs(1);
 /// is serving requests answers between them; under TCG one request takes
 /// milliseconds, so three seconds of silence is not a busy daemon.
 pub const HEARTBEAT_MISSES: u32 = 3;
-/// Ends within [`FAILURE_WINDOW`] a service may have and still come back.
-pub const FAILURE_LIMIT: usize = 5;
+/// Ends in a row before becoming ready that a service may have and still
+/// come back: a driver that dies at every start is given up on quickly.
+pub const START_LIMIT: u32 = 5;
+/// Ends of a running service within [`FAILURE_WINDOW`] that it may have
+/// and still come back: one that serves between its crashes is worth more
+/// tries than one that never starts.
+pub const FAILURE_LIMIT: usize = 10;
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// The longest wait before a restart. MINIX doubles without a bound worth
 /// naming; here a failing driver takes its device away from every client,
@@ -54,6 +61,8 @@ pub struct Record {
     pub hangs: u32,
     /// When its recent unplanned ends happened, for the failure limit.
     failures: Vec<Instant>,
+    /// Ends in a row before it became ready.
+    start_failures: u32,
     /// How it last ended, and when (seconds since boot).
     pub last_exit: Option<(String, f64)>,
     /// Since when it has been running (set at each start).
@@ -153,16 +162,25 @@ impl Services {
             .retain(|t| now.duration_since(*t) < FAILURE_WINDOW);
         svc.record.failures.push(now);
         let n = svc.record.failures.len();
-        if n > FAILURE_LIMIT {
-            let reason = format!(
-                "ended {n} times in {} s (last: {why}); not restarted",
-                FAILURE_WINDOW.as_secs()
-            );
-            self.fail(i, reason);
+        if starting {
+            svc.record.start_failures += 1;
+        }
+        let in_a_row = svc.record.start_failures;
+        let give_up = if in_a_row > START_LIMIT {
+            Some(format!(
+                "ended {in_a_row} times in a row before it was ready"
+            ))
+        } else if n > FAILURE_LIMIT {
+            Some(format!("ended {n} times in {} s", FAILURE_WINDOW.as_secs()))
+        } else {
+            None
+        };
+        if let Some(what) = give_up {
+            self.fail(i, format!("{what} (last: {why}); not restarted"));
             self.standin_all(i);
             return;
         }
-        let wait = backoff(n);
+        let wait = backoff(n.max(in_a_row as usize));
         say(&format!(
             "service {name} exited: {why}; restarting it{}",
             if wait.is_zero() {
@@ -260,9 +278,14 @@ impl Services {
         self.list[i].record.last_pong = Some(Instant::now());
     }
 
-    /// The service just (re)started: its heartbeat starts fresh.
+    /// The service just became ready (or started, for a `simple` one): its
+    /// heartbeat starts fresh, and so does its count of failed starts.
     pub(super) fn record_start(&mut self, i: usize) {
+        let ready = self.list[i].state == State::Ready;
         let r = &mut self.list[i].record;
+        if ready {
+            r.start_failures = 0;
+        }
         r.up_since = Some(Instant::now());
         r.last_pong = None;
         r.next_ping = None;
@@ -350,6 +373,7 @@ impl Services {
                 State::Stopped | State::Failed(_) | State::Exited | State::Restarting(_) => {
                     say(&format!("{name}: started by hand"));
                     self.list[i].record.failures.clear();
+                    self.list[i].record.start_failures = 0;
                     self.restart_now(i);
                     Ok(())
                 }
