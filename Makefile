@@ -8,7 +8,7 @@ BINS        := $(TARGET_DIR)/$(TARGET)/release
 BUILD       := build
 IMAGE       ?= $(or $(LAB_IMAGE_DIR),$(BUILD)/image)
 KERNEL_DIR  := $(BUILD)/kernel
-APT_PACKAGES := qemu-system-x86 busybox-static cpio gdisk device-tree-compiler xz-utils
+APT_PACKAGES := qemu-system-x86 busybox-static cpio gdisk device-tree-compiler xz-utils e2fsprogs
 
 .PHONY: all deps image run test check bench clean
 
