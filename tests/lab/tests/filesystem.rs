@@ -24,7 +24,8 @@ fn a_file_system_survives_its_disk_driver_being_killed() -> lab::Result<()> {
     let f = std::fs::File::create(&path).map_err(|e| e.to_string())?;
     f.set_len(32 << 20).map_err(|e| e.to_string())?;
     drop(f);
-    let mut vm = Vm::boot(Config::new("filesystem").args(lab::virtio_blk_args("a", &path, "04.0")))?;
+    let mut vm =
+        Vm::boot(Config::new("filesystem").args(lab::virtio_blk_args("a", &path, "04.0")))?;
     // loop, ext4 and what they need (crc32c_generic is ext4's soft
     // dependency), from the image's optional modules.
     vm.ok(
@@ -52,7 +53,10 @@ fn a_file_system_survives_its_disk_driver_being_killed() -> lab::Result<()> {
             Some((w.next()?.to_owned(), w.next()?.to_owned()))
         })
         .collect();
-    assert!(!out.stdout_str().contains("LATE"), "the load ended before the kill");
+    assert!(
+        !out.stdout_str().contains("LATE"),
+        "the load ended before the kill"
+    );
     assert_eq!(sums.len(), FILES, "{}", out.stdout_str());
     let console = vm.console();
     assert!(
