@@ -26,10 +26,11 @@ fn boot_schemes_and_poweroff() -> lab::Result<()> {
     let mut names: Vec<&str> = schemes.split_whitespace().collect();
     names.sort();
     // No PCI devices here beyond the machine's own, so no PCI driver
-    // scheme; acpid finds the CMOS clock and starts rtcd (/scheme/time).
+    // scheme; acpid finds the CMOS clock and starts rtcd (/scheme/time);
+    // init serves its own supervisor view (/scheme/init).
     assert_eq!(
         names,
-        ["acpi", "fifo", "null", "pci", "rand", "time", "zero"]
+        ["acpi", "fifo", "init", "null", "pci", "rand", "time", "zero"]
     );
 
     // The kernel modules init loaded from the image: every file in its
