@@ -10,7 +10,7 @@ IMAGE       ?= $(or $(LAB_IMAGE_DIR),$(BUILD)/image)
 KERNEL_DIR  := $(BUILD)/kernel
 APT_PACKAGES := qemu-system-x86 busybox-static cpio gdisk device-tree-compiler xz-utils e2fsprogs
 
-.PHONY: all deps image run test check bench clean
+.PHONY: all deps image run test check bench faults clean
 
 all: image
 
@@ -42,6 +42,11 @@ test: image
 # Our drivers against Linux's on identical devices in one VM: prints ratios.
 bench: image
 	$(BINS)/lab-bench
+
+# The long fault campaign: faults injected in and around the drivers under
+# load; prints what clients saw (see tests/lab/src/faults.rs).
+faults: image
+	$(BINS)/lab-faults $(FAULT_ARGS)
 
 check:
 	$(CARGO) fmt --all -- --check

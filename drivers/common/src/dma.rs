@@ -187,10 +187,18 @@ impl DmaSpace {
             "DMA space: IOVA ranges {:x?}, alignment {align:#x}",
             iovas.ranges
         );
-        Ok(Arc::new(DmaSpace {
+        let space = Arc::new(DmaSpace {
             container,
             iovas: Mutex::new(iovas),
-        }))
+        });
+        crate::fault::dma_space_opened(&space);
+        Ok(space)
+    }
+
+    /// Takes `len` bytes of IOVA space out of use without mapping anything
+    /// there (fault injection's stale address).
+    pub(crate) fn reserve_iova(&self, len: u64) -> Option<u64> {
+        self.lock().alloc(len)
     }
 
     /// The container (for callers that map memory themselves).

@@ -112,6 +112,7 @@ impl<S: Scheme> DriverLoop<S> {
                 .as_ref()
                 .is_some_and(|b| (b.pending)(self.server.scheme()));
             let tokens = self.events.wait(backlog.then_some(Duration::ZERO))?;
+            crate::fault::at_event("the driver loop");
             if let Some(b) = self.backlog.as_mut().filter(|_| backlog) {
                 (b.work)(self.server.scheme_mut())?;
                 self.server.wake();

@@ -16,6 +16,7 @@ pub mod barrier;
 pub mod dma;
 pub mod driver;
 pub mod event;
+pub mod fault;
 pub mod io;
 pub mod irq;
 pub mod port;

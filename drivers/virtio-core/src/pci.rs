@@ -191,7 +191,11 @@ impl VirtioPci {
     /// Reset, ACKNOWLEDGE, DRIVER, feature negotiation, FEATURES_OK
     /// (spec 3.1.1 steps 1-6). Returns the negotiated features.
     pub fn begin(&mut self, wanted: u64) -> io::Result<u64> {
+        // What a dead predecessor left running is stopped here: logged, so
+        // a restart shows the device it found and that it read back 0.
+        let found = self.status()?;
         self.reset()?;
+        log::info!("virtio: device status {found:#x} at start, reset to 0");
         self.add_status(status::ACKNOWLEDGE)?;
         self.add_status(status::DRIVER)?;
         match self.negotiate(wanted) {

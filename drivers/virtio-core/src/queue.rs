@@ -74,6 +74,15 @@ impl VirtQueue {
     /// device_writes)` buffers and returns its token; `WouldBlock` when
     /// full. The device learns of it at the next [`VirtQueue::notify`].
     pub fn add(&mut self, bufs: &[(u64, u32, bool)]) -> io::Result<u16> {
+        if let Some(&(iova, len, writes)) = bufs.first() {
+            // Fault injection (`make faults`): an address never mapped.
+            let bad = common::fault::dma_address("virtqueue", iova);
+            if bad != iova {
+                let mut moved = bufs.to_vec();
+                moved[0] = (bad, len, writes);
+                return self.ring.add(&moved);
+            }
+        }
         self.ring.add(bufs)
     }
 

@@ -29,7 +29,14 @@ pub struct Launched {
 /// Forks and execs `unit`'s command as `ids` (root if `None`), handing it
 /// `passed` as fds 4, 5, …; init's copies of them are closed once the child
 /// has them, so init keeps no device access.
-pub fn launch(unit: &Unit, ids: Option<(u32, u32)>, passed: Vec<OwnedFd>) -> io::Result<Launched> {
+/// `start` is how many times the service was started before (`INIT_START`
+/// in its environment: fault injection seeds with it).
+pub fn launch(
+    unit: &Unit,
+    ids: Option<(u32, u32)>,
+    passed: Vec<OwnedFd>,
+    start: u32,
+) -> io::Result<Launched> {
     // Passed capabilities are moved above the low numbers first, so the
     // child's dup2 onto 4, 5, … can never overwrite one still to be moved.
     let passed: Vec<OwnedFd> = passed
@@ -65,6 +72,7 @@ pub fn launch(unit: &Unit, ids: Option<(u32, u32)>, passed: Vec<OwnedFd>) -> io:
         .env("HOME", "/")
         .envs(&unit.env)
         .env(daemon::CONTROL_FD_ENV, "3")
+        .env("INIT_START", start.to_string())
         .envs((!passed.is_empty()).then(|| {
             let list: Vec<String> = (0..passed.len()).map(|k| (4 + k).to_string()).collect();
             (daemon::PASSED_FDS_ENV, list.join(" "))

@@ -267,7 +267,7 @@ impl Services {
             pid,
             control,
             output,
-        } = launch::launch(&unit, ids, passed)?;
+        } = launch::launch(&unit, ids, passed, self.list[i].record.restarts)?;
         epoll::add(
             &self.epoll,
             &control,

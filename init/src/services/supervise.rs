@@ -6,7 +6,10 @@
 //!   a row without a pong (a stopped or spinning daemon too): it is killed,
 //!   and then handled as a crash.
 //! - The unit's `restart` policy decides whether it comes back. The first
-//!   restart is immediate, the next wait 1, 2, 4 s, then [`BACKOFF_CAP`].
+//!   restart is immediate, the next wait 1, 2, 4 s, then [`BACKOFF_CAP`],
+//!   counting only ends that come soon after a start (before
+//!   [`STABLE_AFTER`]): an instance that served that long is not a crash
+//!   loop, so its successor starts at once.
 //!   A service that ends [`START_LIMIT`] times in a row before it was ever
 //!   ready again (a crash at every start), or more than [`FAILURE_LIMIT`]
 //!   times within [`FAILURE_WINDOW`] while running, is marked failed: its
@@ -48,6 +51,11 @@ pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// so the wait stays short: 8 s, which still keeps a crash loop from
 /// costing more than a small share of the machine.
 pub const BACKOFF_CAP: Duration = Duration::from_secs(8);
+/// How long an instance must have been up for its end to count as a new
+/// first crash (an immediate restart) rather than one more in a loop.
+/// A start takes about 100 ms here under TCG; five seconds of serving is
+/// fifty starts' worth, which is no loop worth slowing down.
+pub const STABLE_AFTER: Duration = Duration::from_secs(5);
 /// How long an enumerator may take to claim a device again and spawn its
 /// driver after `respawn`.
 pub const RESPAWN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -63,12 +71,18 @@ pub struct Record {
     failures: Vec<Instant>,
     /// Ends in a row before it became ready.
     start_failures: u32,
+    /// Ends in a row that each came within [`STABLE_AFTER`] of a start:
+    /// the step of the backoff.
+    quick_ends: u32,
     /// How it last ended, and when (seconds since boot).
     pub last_exit: Option<(String, f64)>,
     /// Since when it has been running (set at each start).
     pub up_since: Option<Instant>,
     /// Why init killed it, for its exit report (a hang, a missed deadline).
     pub killed_for: Option<String>,
+    /// When it last ended by itself, until its next instance is ready: the
+    /// recovery time is from here.
+    ended_at: Option<Instant>,
     /// The heartbeat: the last ping sent, when the last pong came, when
     /// the next ping is due.
     ping: u64,
@@ -105,6 +119,15 @@ impl Control {
     }
 }
 
+/// The backoff step after an end, from the step before it and how long
+/// the instance that ended had been up (`None`: it never started).
+pub fn next_quick_ends(before: u32, lived: Option<Duration>) -> u32 {
+    match lived {
+        Some(up) if up >= STABLE_AFTER => 1,
+        _ => before.saturating_add(1),
+    }
+}
+
 /// The wait before the `n`th restart in a row (1-based): 0, 1, 2, 4 s, …,
 /// at most [`BACKOFF_CAP`].
 pub fn backoff(n: usize) -> Duration {
@@ -125,7 +148,8 @@ impl Services {
             None => status.to_owned(),
         };
         svc.record.last_exit = Some((why.clone(), crate::system::uptime()));
-        svc.record.up_since = None;
+        svc.record.ended_at = Some(now);
+        let lived = svc.record.up_since.take().map(|t| now.duration_since(t));
         match svc.pending.take() {
             Some(ByHand::Stop) => {
                 say(&format!("{name} stopped ({why})"));
@@ -166,6 +190,7 @@ impl Services {
             svc.record.start_failures += 1;
         }
         let in_a_row = svc.record.start_failures;
+        svc.record.quick_ends = next_quick_ends(svc.record.quick_ends, lived);
         let give_up = if in_a_row > START_LIMIT {
             Some(format!(
                 "ended {in_a_row} times in a row before it was ready"
@@ -180,7 +205,7 @@ impl Services {
             self.standin_all(i);
             return;
         }
-        let wait = backoff(n.max(in_a_row as usize));
+        let wait = backoff(svc.record.quick_ends.max(in_a_row) as usize);
         say(&format!(
             "service {name} exited: {why}; restarting it{}",
             if wait.is_zero() {
@@ -282,9 +307,16 @@ impl Services {
     /// heartbeat starts fresh, and so does its count of failed starts.
     pub(super) fn record_start(&mut self, i: usize) {
         let ready = self.list[i].state == State::Ready;
+        let name = self.list[i].unit.name.clone();
         let r = &mut self.list[i].record;
         if ready {
             r.start_failures = 0;
+            if let Some(t) = r.ended_at.take() {
+                say(&format!(
+                    "service {name} back {} ms after it ended",
+                    t.elapsed().as_millis()
+                ));
+            }
         }
         r.up_since = Some(Instant::now());
         r.last_pong = None;
@@ -395,6 +427,23 @@ mod tests {
         let waits: Vec<u64> = (1..=8).map(|n| backoff(n).as_secs()).collect();
         assert_eq!(waits, [0, 1, 2, 4, 8, 8, 8, 8]);
         assert_eq!(backoff(1000), BACKOFF_CAP);
+    }
+
+    #[test]
+    fn only_ends_soon_after_a_start_climb_the_backoff() {
+        let quick = Some(Duration::from_millis(300));
+        let served = Some(STABLE_AFTER);
+        // A crash loop climbs: 0, 1, 2 s …
+        let mut k = 0;
+        let mut waits = Vec::new();
+        for lived in [quick, quick, quick, None] {
+            k = next_quick_ends(k, lived);
+            waits.push(backoff(k as usize).as_secs());
+        }
+        assert_eq!(waits, [0, 1, 2, 4]);
+        // … and an instance that served a while restarts at once.
+        assert_eq!(next_quick_ends(k, served), 1);
+        assert_eq!(backoff(next_quick_ends(k, served) as usize), Duration::ZERO);
     }
 
     #[test]

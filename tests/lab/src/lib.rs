@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::{json, Value};
 
+pub mod faults;
+
 pub use vm::{
     e1000_args, image_dir, kernel_cmdline, machine_args, virtio_blk_args, virtio_net_args,
     workspace_root, BUILTINS_KEPT_OFF, LINUX_VIRTIO_PCI,

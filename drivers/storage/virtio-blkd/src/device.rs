@@ -450,7 +450,14 @@ impl<P: Port<Config = BlkConfig>, B: Buffer> VirtioBlk<P, B> {
         }
         let start = slot * self.limits.max_transfer;
         match kind {
-            Kind::Read { bytes } => Ok(self.data.bytes()[start..start + bytes].to_vec()),
+            Kind::Read { bytes } => {
+                let mut data = self.data.bytes()[start..start + bytes].to_vec();
+                // Fault injection (`make faults`): a result longer than asked.
+                if common::fault::read_len("virtio-blk read", bytes) != bytes {
+                    data.push(0);
+                }
+                Ok(data)
+            }
             Kind::GetId => Ok(self.data.bytes()[start..start + ID_BYTES].to_vec()),
             Kind::Write | Kind::Flush => Ok(Vec::new()),
         }
