@@ -1,7 +1,10 @@
 //! The seccomp sandbox, for real: each case re-runs this test binary as a
-//! child that enters the sandbox and then does one thing. A filter is
+//! child, running only that same test with `COMMON_SANDBOX_CHILD` set; there
+//! the test enters the sandbox, does one thing and reports on stdout, and
+//! the parent asserts on what it said and how it died. A filter is
 //! irreversible and process-wide, so it must never be installed in the
-//! test process itself.
+//! test process itself. No test here passes without asserting: the child
+//! half runs only under the variable, and the parent checks its result.
 
 use std::os::fd::AsFd;
 use std::os::unix::process::ExitStatusExt;
@@ -59,12 +62,8 @@ fn allowed_work(pipe: &(std::os::fd::OwnedFd, std::os::fd::OwnedFd)) {
     let _ = std::process::id();
 }
 
-#[test]
-#[ignore = "child half of sandbox_* tests; returns at once without the env"]
-fn sandbox_child() {
-    let Ok(mode) = std::env::var(MODE_ENV) else {
-        return;
-    };
+/// The child half: enters the sandbox and does what `mode` names.
+fn sandboxed_child(mode: &str) {
     // Resources a driver would get during setup, before the sandbox.
     let pipe = rustix::pipe::pipe().expect("pipe");
 
@@ -92,7 +91,7 @@ fn sandbox_child() {
         (f, p) => say(&format!("STAT-WRONG {f:?} {p:?}")),
     }
 
-    match mode.as_str() {
+    match mode {
         "clean" => {}
         "execve" => {
             say("EXECVE-NEXT");
@@ -130,19 +129,28 @@ fn sandbox_child() {
     }
 }
 
-fn run_child(mode: &str) -> Output {
-    let exe = std::env::current_exe().unwrap();
-    Command::new(exe)
-        .args([
-            "--exact",
-            "sandbox_child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+/// In the parent: re-runs test `test` alone in a child with `mode` set and
+/// returns its output. In that child (the variable is set): runs the
+/// sandboxed half and returns `None`, so the test ends there and its exit
+/// status is what the parent checks.
+fn run_child(test: &str, mode: &str) -> Option<Output> {
+    if let Ok(mode) = std::env::var(MODE_ENV) {
+        sandboxed_child(&mode);
+        return None;
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let o = Command::new(exe)
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
         .env(MODE_ENV, mode)
         .output()
-        .unwrap()
+        .expect("run the child");
+    // The filter must have matched exactly this test, or nothing ran.
+    assert!(
+        !stdout(&o).contains("running 0 tests"),
+        "no test named {test}: {}",
+        stdout(&o)
+    );
+    Some(o)
 }
 
 fn stdout(o: &Output) -> String {
@@ -169,7 +177,9 @@ fn assert_common_part(o: &Output) {
 
 #[test]
 fn sandbox_allows_driver_work_and_a_clean_exit() {
-    let o = run_child("clean");
+    let Some(o) = run_child("sandbox_allows_driver_work_and_a_clean_exit", "clean") else {
+        return;
+    };
     assert_common_part(&o);
     assert!(
         o.status.success(),
@@ -180,8 +190,10 @@ fn sandbox_allows_driver_work_and_a_clean_exit() {
     );
 }
 
-fn assert_killed_after(mode: &str, marker: &str) {
-    let o = run_child(mode);
+fn assert_killed_after(test: &str, mode: &str, marker: &str) {
+    let Some(o) = run_child(test, mode) else {
+        return;
+    };
     assert_common_part(&o);
     let out = stdout(&o);
     assert!(out.contains(marker), "{out}");
@@ -196,30 +208,39 @@ fn assert_killed_after(mode: &str, marker: &str) {
 
 #[test]
 fn sandbox_kills_execve() {
-    assert_killed_after("execve", "EXECVE-NEXT");
+    assert_killed_after("sandbox_kills_execve", "execve", "EXECVE-NEXT");
 }
 
 #[test]
 fn sandbox_kills_socket() {
-    assert_killed_after("socket", "SOCKET-NEXT");
+    assert_killed_after("sandbox_kills_socket", "socket", "SOCKET-NEXT");
 }
 
 #[test]
 fn sandbox_kills_executable_mappings() {
-    assert_killed_after("mmap-exec", "MMAP-EXEC-NEXT");
+    assert_killed_after(
+        "sandbox_kills_executable_mappings",
+        "mmap-exec",
+        "MMAP-EXEC-NEXT",
+    );
 }
 
 #[test]
 fn sandbox_lets_abort_and_panic_report_normally() {
     // abort() raises SIGABRT through rt_sigprocmask/gettid/tgkill: the
     // process must die of SIGABRT, not of the filter.
-    let o = run_child("abort");
+    const TEST: &str = "sandbox_lets_abort_and_panic_report_normally";
+    let Some(o) = run_child(TEST, "abort") else {
+        return;
+    };
     assert_common_part(&o);
     assert!(stdout(&o).contains("ABORT-NEXT"));
     assert_eq!(o.status.signal(), Some(6), "status {:?}", o.status);
 
     // A panic unwinds, prints its message and the harness exits 101.
-    let o = run_child("panic");
+    let Some(o) = run_child(TEST, "panic") else {
+        return;
+    };
     assert_common_part(&o);
     let all = format!("{}{}", stdout(&o), String::from_utf8_lossy(&o.stderr));
     assert!(all.contains("deliberate panic inside the sandbox"), "{all}");

@@ -3,7 +3,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -349,8 +349,22 @@ fn directory_lists_fifos_and_stat_works() {
     assert!(std::fs::metadata(m.path()).expect("stat root").is_dir());
     // Any name can be opened; a name under a FIFO cannot.
     assert!(File::open(m.join("two/x")).is_err());
+    // A stat of a missing name does not create it; an open does, empty.
+    let listed = |m: &TestMount| {
+        std::fs::read_dir(m.path())
+            .expect("readdir")
+            .any(|e| e.expect("entry").file_name() == "fresh")
+    };
+    assert_eq!(
+        std::fs::metadata(m.join("fresh"))
+            .expect("stat fresh")
+            .len(),
+        0
+    );
+    assert!(!listed(&m), "a stat created the FIFO");
     let fd = File::open(m.join("fresh")).expect("open fresh");
-    assert!(fd.as_fd().as_raw_fd() >= 0);
+    assert!(listed(&m), "the open did not create the FIFO");
+    assert_eq!(fd.metadata().expect("fstat fresh").len(), 0);
     // O_EXCL on an existing FIFO.
     let e = OpenOptions::new()
         .write(true)

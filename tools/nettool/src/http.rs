@@ -1,7 +1,8 @@
 //! HTTP/1.x for `fetch`: URL parsing, the request, and a streaming response
 //! decoder that takes the bytes as TCP delivers them (split anywhere) and
 //! hands out the body: `Content-Length`, `Transfer-Encoding: chunked`, or
-//! until the server closes.
+//! until the server closes. The head's syntax is `httparse`'s; the framing
+//! rules and the chunked decoder are here (docs/nettool.md says why).
 
 use std::net::Ipv4Addr;
 
@@ -114,40 +115,41 @@ fn proto(msg: String) -> Error {
     Error::Protocol(msg)
 }
 
-/// Parses a head (everything before the blank line, without it).
+/// Parses a head (status line, headers and the blank line that ends them)
+/// with `httparse`, which checks the syntax (RFC 9112 sections 4 and 5: the
+/// version, a three-digit status, header names as tokens, no obsolete line
+/// folding); on top of it we ask for UTF-8 values and a status of at least
+/// 100, and find the body's framing.
 fn parse_head(bytes: &[u8]) -> Result<Head> {
-    let text =
-        std::str::from_utf8(bytes).map_err(|_| proto("response head is not UTF-8".into()))?;
-    let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
-    let status_line = lines.next().unwrap_or("");
-    let mut parts = status_line.splitn(3, ' ');
-    let version = parts.next().unwrap_or("");
-    if version != "HTTP/1.1" && version != "HTTP/1.0" {
-        return Err(proto(format!("not an HTTP/1.x response: {status_line:?}")));
+    // One header per line at most: no arbitrary header limit below MAX_HEAD.
+    let lines = bytes.iter().filter(|&&b| b == b'\n').count();
+    let mut slots = vec![httparse::EMPTY_HEADER; lines];
+    let mut parsed = httparse::Response::new(&mut slots);
+    let bad = |e: httparse::Error| {
+        let line = bytes.split(|&b| b == b'\n').next().unwrap_or(&[]);
+        let line = String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line));
+        proto(format!("bad response head ({e}), starting {line:?}"))
+    };
+    match parsed.parse(bytes).map_err(bad)? {
+        httparse::Status::Complete(n) if n == bytes.len() => {}
+        // The caller found the blank line; httparse must agree on where.
+        _ => return Err(proto("response head does not end where it should".into())),
     }
-    let code = parts.next().unwrap_or("");
-    let status: u16 = code
-        .parse()
-        .ok()
-        .filter(|s| (100..1000).contains(s) && code.len() == 3)
-        .ok_or_else(|| proto(format!("bad status line {status_line:?}")))?;
-    let reason = parts.next().unwrap_or("").to_owned();
-    let mut headers = Vec::new();
-    for line in lines {
-        if line.starts_with([' ', '\t']) {
-            return Err(proto("folded header lines are not supported".into()));
-        }
-        let (name, value) = line
-            .split_once(':')
-            .ok_or_else(|| proto(format!("bad header line {line:?}")))?;
-        if name.is_empty() || name.bytes().any(|b| b <= b' ' || b == 0x7f) {
-            return Err(proto(format!("bad header name {name:?}")));
-        }
-        headers.push((name.to_owned(), value.trim().to_owned()));
+    let (Some(status), Some(reason)) = (parsed.code, parsed.reason) else {
+        return Err(proto("response head without a status".into()));
+    };
+    if status < 100 {
+        return Err(proto(format!("bad status {status}")));
+    }
+    let mut headers = Vec::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let value = std::str::from_utf8(h.value)
+            .map_err(|_| proto(format!("header {} is not UTF-8", h.name)))?;
+        headers.push((h.name.to_owned(), value.trim().to_owned()));
     }
     let mut head = Head {
         status,
-        reason,
+        reason: reason.to_owned(),
         headers,
         framing: Framing::UntilClose,
     };
@@ -338,7 +340,7 @@ impl Response {
                 if end > MAX_HEAD {
                     return Err(proto(format!("response head longer than {MAX_HEAD} bytes")));
                 }
-                let head = parse_head(&buf[..end])?;
+                let head = parse_head(&buf[..body_at])?;
                 // The head ends in the bytes just added (it was not found before).
                 let rest = data.get(body_at.saturating_sub(old)..).unwrap_or(&[]);
                 if (100..200).contains(&head.status) {
@@ -670,6 +672,7 @@ mod tests {
             b"HTTP/1.1 20 OK\r\n\r\n",
             b"HTTP/1.1 abc OK\r\n\r\n",
             b"HTTP/1.1 2000 OK\r\n\r\n",
+            b"HTTP/1.1 099 Low\r\n\r\n",
             b"SSH-2.0-OpenSSH\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
             b"HTTP/1.1 200 OK\r\n folded: x\r\n\r\n",
@@ -685,6 +688,13 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+        // The error says what was wrong and shows the status line.
+        let err = decode_split(b"SSH-2.0-OpenSSH\r\n\r\n", &[]).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("bad response head") && msg.contains("SSH-2.0-OpenSSH"),
+            "{msg}"
+        );
         // Equal duplicates are fine.
         let (r, _) = decode_split(
             b"HTTP/1.1 200 OK\r\nContent-Length: 1, 1\r\nContent-Length: 1\r\n\r\nx",
