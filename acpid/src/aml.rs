@@ -59,7 +59,7 @@ pub struct SystemHardware {
 
 /// pcid's name for a function: `pci-SSSS-BB-DD.F`.
 pub fn pci_function_name(a: PciAddress) -> String {
-    pcid_interface::pci_name(a.segment(), a.bus(), a.device(), a.function())
+    daemon::instance::pci_name(a.segment(), a.bus(), a.device(), a.function())
 }
 
 impl Hardware for SystemHardware {
