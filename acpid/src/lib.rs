@@ -6,6 +6,7 @@
 
 pub mod aml;
 pub mod devices;
+pub mod facts;
 pub mod platform;
 pub mod power;
 pub mod resources;

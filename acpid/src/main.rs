@@ -13,7 +13,7 @@ use std::time::Duration;
 use acpid::aml::{AmlWorker, SystemHardware};
 use acpid::scheme::{Acpi, AcpiScheme};
 use acpid::tables::{Tables, SYSFS_TABLES};
-use acpid::{devices, platform, views};
+use acpid::{devices, facts, platform};
 use common::port::PortGrant;
 use scheme::{RootKind, Server};
 
@@ -30,7 +30,7 @@ fn main() -> ExitCode {
 }
 
 /// Logs what of the FADT's power registers lies outside the port grant.
-fn check_grant(grant: &PortGrant, fadt: &views::FadtInfo) {
+fn check_grant(grant: &PortGrant, fadt: &facts::FadtInfo) {
     let regs = [
         ("PM1a_CNT", fadt.pm1a_control),
         ("PM1b_CNT", fadt.pm1b_control),
@@ -77,7 +77,7 @@ fn run() -> io::Result<()> {
     );
 
     let grant = PortGrant::from_env()?;
-    let fadt = tables.find("FACP").map(|t| views::fadt_info(&t.bytes));
+    let fadt = tables.find("FACP").map(|t| facts::fadt_info(&t.bytes));
     match &fadt {
         Some(f) => check_grant(&grant, f),
         None => log::error!("no valid FADT: power off and reset are unavailable"),

@@ -34,7 +34,8 @@ use std::io;
 use std::ops::RangeInclusive;
 use std::path::Path;
 
-use daemon::config::RuleCommand;
+pub use daemon::config::RuleError;
+use daemon::config::{self, RuleKeys};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -118,130 +119,70 @@ fn sanitize(s: &str) -> String {
     out
 }
 
-/// One `[[drivers]]` entry of `/etc/acpid.d/*.toml`.
+/// One `[[drivers]]` entry of `/etc/acpid.d/*.toml` (parsed by
+/// `daemon::config`, which reads its `name` and `command`).
+pub type Rule = config::Rule<AcpiMatch>;
+
+/// The key of a rule that says which devices it is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rule {
-    /// Where it is written, its name, the driver to start.
-    pub driver: RuleCommand,
+pub struct AcpiMatch {
     /// ACPI ids (`PNP0B00`, `ACPI0010`) and/or devicetree `compatible`
     /// strings (`motorola,mc146818`). Never empty.
     pub ids: Vec<String>,
 }
 
+/// [`AcpiMatch`] as TOML gives it.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawFile {
-    #[serde(default)]
-    drivers: Vec<Spanned<RawRule>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRule {
-    name: Option<String>,
+pub struct RawAcpiMatch {
     ids: Option<Spanned<Vec<String>>>,
-    command: Option<Spanned<Vec<String>>>,
 }
 
-/// An id or a command word: printable ASCII without spaces, because it
-/// travels as one word on init's control channel.
-fn valid_word(w: &str) -> bool {
-    !w.is_empty() && w.bytes().all(|b| b.is_ascii_graphic())
-}
+impl RuleKeys for AcpiMatch {
+    type Raw = RawAcpiMatch;
+    const KEYS: &'static [&'static str] = &["name", "ids", "command"];
 
-/// Parses one rule file; `file` names it in rules and errors. Errors read
-/// `file:line: message`.
-pub fn parse_rules(file: &str, text: &str) -> Result<Vec<Rule>, String> {
-    let err = |pos: Option<usize>, message: String| match pos {
-        Some(p) => format!("{file}:{}: {message}", daemon::config::line_of(text, p)),
-        None => format!("{file}: {message}"),
-    };
-    let raw: RawFile =
-        toml::from_str(text).map_err(|e| match daemon::config::toml_error(text, &e) {
-            (Some(line), message) => format!("{file}:{line}: {message}"),
-            (None, message) => format!("{file}: {message}"),
-        })?;
-    let mut rules = Vec::new();
-    for spanned in raw.drivers {
-        let pos = spanned.span().start;
-        let r = spanned.into_inner();
-        let command = match r.command {
-            None => return Err(err(Some(pos), "rule has no `command`".into())),
-            Some(c) if c.get_ref().first().is_none_or(|u| !valid_word(u)) => {
-                return Err(err(
-                    Some(c.span().start),
-                    "`command` must start with the driver's unit name".into(),
-                ))
-            }
-            Some(c) if !c.get_ref().iter().all(|w| valid_word(w)) => {
-                return Err(err(
-                    Some(c.span().start),
-                    "`command` words must be non-empty, without spaces or control characters"
-                        .into(),
-                ))
-            }
-            Some(c) => c.into_inner(),
-        };
+    fn from_raw(r: RawAcpiMatch, rule: usize) -> Result<AcpiMatch, (usize, String)> {
         let ids = match r.ids {
-            None => return Err(err(Some(pos), "rule has no `ids`".into())),
+            None => return Err((rule, "rule has no `ids`".into())),
             Some(ids) if ids.get_ref().is_empty() => {
-                return Err(err(
-                    Some(ids.span().start),
+                return Err((
+                    ids.span().start,
                     "`ids` is empty: the rule would match nothing".into(),
                 ))
             }
             Some(ids) => {
-                if let Some(bad) = ids.get_ref().iter().find(|i| !valid_word(i)) {
-                    return Err(err(
-                        Some(ids.span().start),
+                // An id travels to logs and instance names as one word.
+                if let Some(bad) = ids.get_ref().iter().find(|i| !config::valid_word(i)) {
+                    return Err((
+                        ids.span().start,
                         format!("id {bad:?} is empty or has spaces or control characters"),
                     ));
                 }
                 ids.into_inner()
             }
         };
-        rules.push(Rule {
-            driver: RuleCommand {
-                file: file.to_owned(),
-                line: daemon::config::line_of(text, pos),
-                name: r.name,
-                command,
-            },
-            ids,
-        });
+        Ok(AcpiMatch { ids })
     }
-    Ok(rules)
 }
 
-/// Reads every `*.toml` in `dir` in name order. Returns the usable rules
-/// and one message per file that could not be used (those files give no
-/// rules). A missing directory means no rules and no error.
-pub fn load_rules(dir: &Path) -> (Vec<Rule>, Vec<String>) {
-    let (files, unreadable) = daemon::config::read_toml_dir(dir);
-    let mut errors: Vec<String> = unreadable
-        .into_iter()
-        .map(|(file, message)| format!("{file}: {message}"))
-        .collect();
-    let mut rules = Vec::new();
-    for f in files {
-        let name = f
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        match parse_rules(&name, &f.text) {
-            Ok(r) => rules.extend(r),
-            Err(e) => errors.push(e),
-        }
-    }
-    (rules, errors)
+/// Parses one rule file; `file` names it in rules and errors. Errors read
+/// `file:line: message`.
+pub fn parse_rules(file: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
+    config::parse_rules(file, text)
+}
+
+/// Reads every `*.toml` in `dir` in name order (see
+/// [`daemon::config::load_rules`]).
+pub fn load_rules(dir: &Path) -> (Vec<Rule>, Vec<RuleError>) {
+    config::load_rules(dir)
 }
 
 /// The rule for a device with `ids` (most specific first): for the first
 /// id any rule lists, the first such rule.
 pub fn match_rule<'a>(rules: &'a [Rule], ids: &[&str]) -> Option<&'a Rule> {
     ids.iter()
-        .find_map(|id| rules.iter().find(|r| r.ids.iter().any(|x| x == id)))
+        .find_map(|id| rules.iter().find(|r| r.keys.ids.iter().any(|x| x == id)))
 }
 
 /// The extra arguments a driver gets for its memory windows:

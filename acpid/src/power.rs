@@ -11,7 +11,7 @@ use acpi::address::{AddressSpace, GenericAddress};
 use acpi::aml::object::Object;
 
 use crate::aml::{name, Aml, Hardware};
-use crate::views::FadtInfo;
+use crate::facts::FadtInfo;
 
 const SLP_TYP_SHIFT: u32 = 10;
 const SLP_TYP_MASK: u32 = 7 << SLP_TYP_SHIFT;

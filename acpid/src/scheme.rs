@@ -23,10 +23,11 @@ use syscall::flag::{MODE_DIR, MODE_FILE, O_ACCMODE, O_DIRECTORY, O_RDONLY, O_STA
 
 use crate::aml::{absolute, AmlWorker, EvalError};
 use crate::devices::{device_text, Device};
+use crate::facts::FadtInfo;
 use crate::power;
 use crate::symbols::{self, SymbolKind};
 use crate::tables::Tables;
-use crate::views::{self, FadtInfo};
+use crate::views;
 
 /// Everything acpid knows, served by [`AcpiScheme`].
 pub struct Acpi {

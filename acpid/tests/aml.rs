@@ -13,7 +13,7 @@ use acpid::aml::{self, Aml, SystemHardware};
 use acpid::devices::{self, Device};
 use acpid::platform::MemRange;
 use acpid::tables::Tables;
-use acpid::{power, symbols, views};
+use acpid::{facts, power, symbols};
 use common::port::PortGrant;
 use support::{fixture, machine_tables, method, method_raw, with_ssdt, Access, Recorder};
 
@@ -234,7 +234,7 @@ fn a_failed_nested_call_does_not_poison_later_evaluations() {
 fn poweroff_writes_slp_typ_then_slp_en_to_pm1a_and_reboot_the_reset_value() {
     let rec = Recorder::new(grant());
     let mut aml = Aml::new(rec.clone(), &machine_tables());
-    let fadt = views::fadt_info(&fixture("FACP"));
+    let fadt = facts::fadt_info(&fixture("FACP"));
     assert_eq!(power::s5_values(&mut aml).unwrap(), (0, 0));
 
     power::poweroff(&mut aml, &fadt).unwrap();
@@ -275,7 +275,7 @@ fn without_a_grant_power_fails_cleanly_and_pci_comes_from_pcids_files() {
     assert_eq!(by_path(&devs, "\\_SB_.LNKB").device.irqs, [7]);
     assert_eq!(by_path(&devs, "\\_SB_.LNKD").device.irqs, [11]);
 
-    let fadt = views::fadt_info(&fixture("FACP"));
+    let fadt = facts::fadt_info(&fixture("FACP"));
     let e = power::poweroff(&mut aml, &fadt).unwrap_err();
     assert!(e.contains("outside the grant"), "{e}");
     let e = power::reboot(&aml, &fadt).unwrap_err();
@@ -288,7 +288,7 @@ fn no_fadt_means_no_power_but_no_panic() {
     let files = vec![("DSDT".to_owned(), fixture("DSDT"))];
     let mut aml = Aml::new(Recorder::new(grant()), &Tables::from_files(files));
     assert!(aml.load_errors.is_empty(), "{:?}", aml.load_errors);
-    let empty = views::fadt_info(&[]);
+    let empty = facts::fadt_info(&[]);
     assert!(power::poweroff(&mut aml, &empty).is_err());
     assert!(power::reboot(&aml, &empty).is_err());
 }

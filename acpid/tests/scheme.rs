@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use acpid::aml::AmlWorker;
 use acpid::devices;
+use acpid::facts;
 use acpid::scheme::{Acpi, AcpiScheme};
-use acpid::views;
 use scheme::testing::TestMount;
 use scheme::{CallerCtx, RootKind, Scheme};
 use support::{fixture, machine_tables, Access, Recorder};
@@ -33,7 +33,7 @@ fn acpi_scheme(rec: std::sync::Arc<Recorder>) -> AcpiScheme {
         Duration::from_secs(20),
     );
     let devices = aml.call(devices::walk).unwrap();
-    let fadt = tables.find("FACP").map(|t| views::fadt_info(&t.bytes));
+    let fadt = tables.find("FACP").map(|t| facts::fadt_info(&t.bytes));
     AcpiScheme::new(Acpi {
         tables,
         aml,

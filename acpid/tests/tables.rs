@@ -6,7 +6,7 @@
 mod support;
 
 use acpid::tables::{validate, TableError, Tables};
-use acpid::views;
+use acpid::{facts, views};
 use support::{fixture, fixtures, machine_tables};
 
 const NAMES: [&str; 8] = [
@@ -166,7 +166,7 @@ fn fadt_view_shows_the_q35_power_registers() {
     ] {
         assert!(text.contains(want), "missing {want:?} in\n{text}");
     }
-    let info = views::fadt_info(&fixture("FACP"));
+    let info = facts::fadt_info(&fixture("FACP"));
     assert_eq!(info.pm1a_control.map(|g| g.address), Some(0x604));
     assert_eq!(info.pm1b_control, None);
     let (reset, value) = info.reset.unwrap();
@@ -177,7 +177,7 @@ fn fadt_view_shows_the_q35_power_registers() {
 #[test]
 fn madt_view_lists_both_cpus_ioapic_and_overrides() {
     let bytes = fixture("APIC");
-    let cpus = views::madt_cpus(&bytes).unwrap();
+    let cpus = facts::madt_cpus(&bytes).unwrap();
     assert_eq!(cpus.len(), 2, "the fixture was captured with -smp 2");
     assert!(cpus.iter().all(|c| c.enabled));
     assert_eq!(cpus.iter().map(|c| c.apic_id).collect::<Vec<_>>(), [0, 1]);
@@ -205,7 +205,7 @@ fn madt_with_bad_entry_lengths_is_an_error_not_a_hang() {
         bad[45] = bad_len;
         fix_checksum(&mut bad);
         assert!(validate(&bad).is_ok());
-        let e = views::madt_cpus(&bad).unwrap_err();
+        let e = facts::madt_cpus(&bad).unwrap_err();
         assert!(e.contains("offset 0x2c"), "{bad_len}: {e}");
     }
 }
@@ -229,7 +229,7 @@ fn decoders_refuse_a_lying_length_field() {
 
 #[test]
 fn mcfg_view_has_the_q35_ecam_window() {
-    let w = views::mcfg_windows(&fixture("MCFG")).unwrap();
+    let w = facts::mcfg_windows(&fixture("MCFG")).unwrap();
     assert_eq!(w.len(), 1);
     assert_eq!(w[0].base, 0xb000_0000);
     assert_eq!((w[0].segment, w[0].bus_start, w[0].bus_end), (0, 0, 0xff));
@@ -292,7 +292,7 @@ fn decoders_survive_every_single_byte_corruption() {
                 }
                 let set = Tables::from_files(vec![(name.to_owned(), bad)]);
                 let _ = views::table_text(&set.tables[0]);
-                let _ = views::fadt_info(&set.tables[0].bytes);
+                let _ = facts::fadt_info(&set.tables[0].bytes);
             }
         }
     }

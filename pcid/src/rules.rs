@@ -18,10 +18,10 @@
 //! error is skipped whole, with a message naming the file and line.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::path::Path;
 
-use daemon::config::RuleCommand;
+pub use daemon::config::RuleError;
+use daemon::config::{self, RuleKeys};
 use pci_types::PciAddress;
 use serde::Deserialize;
 use toml::Spanned;
@@ -29,11 +29,13 @@ use toml::Spanned;
 use crate::addr::parse_address;
 use crate::config::ParsedConfig;
 
-/// One `[[drivers]]` entry.
+/// One `[[drivers]]` entry (parsed by `daemon::config`, which reads its
+/// `name` and `command`).
+pub type Rule = config::Rule<PciMatch>;
+
+/// The keys of a rule that say which functions it is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rule {
-    /// Where it is written, its name, the driver to start.
-    pub driver: RuleCommand,
+pub struct PciMatch {
     pub class: Option<u8>,
     pub subclass: Option<u8>,
     pub interface: Option<u8>,
@@ -43,7 +45,7 @@ pub struct Rule {
     pub ids: Option<BTreeMap<u16, BTreeSet<u16>>>,
 }
 
-impl Rule {
+impl PciMatch {
     /// Whether every key this rule has matches the function.
     pub fn matches(&self, f: &ParsedConfig) -> bool {
         fn eq<T: PartialEq>(want: Option<T>, have: T) -> bool {
@@ -61,44 +63,60 @@ impl Rule {
     }
 }
 
-/// A rule file that could not be used.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RuleError {
-    pub file: String,
-    /// 1-based, when the error has a place.
-    pub line: Option<usize>,
-    pub message: String,
-}
-
-impl fmt::Display for RuleError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            Some(l) => write!(f, "{}:{}: {}", self.file, l, self.message),
-            None => write!(f, "{}: {}", self.file, self.message),
-        }
-    }
-}
-
-impl std::error::Error for RuleError {}
-
+/// [`PciMatch`] as TOML gives it.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawFile {
-    #[serde(default)]
-    drivers: Vec<Spanned<RawRule>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRule {
-    name: Option<String>,
+pub struct RawPciMatch {
     class: Option<u8>,
     subclass: Option<u8>,
     interface: Option<u8>,
     vendor: Option<u16>,
     device: Option<u16>,
     ids: Option<BTreeMap<Spanned<String>, Vec<u16>>>,
-    command: Option<Spanned<Vec<String>>>,
+}
+
+impl RuleKeys for PciMatch {
+    type Raw = RawPciMatch;
+    const KEYS: &'static [&'static str] = &[
+        "name",
+        "class",
+        "subclass",
+        "interface",
+        "vendor",
+        "device",
+        "ids",
+        "command",
+    ];
+
+    fn from_raw(r: RawPciMatch, _rule: usize) -> Result<PciMatch, (usize, String)> {
+        let ids = match r.ids {
+            None => None,
+            Some(map) => {
+                let mut ids: BTreeMap<u16, BTreeSet<u16>> = BTreeMap::new();
+                for (key, devices) in map {
+                    let vendor = parse_vendor_key(key.get_ref()).ok_or_else(|| {
+                        (
+                            key.span().start,
+                            format!(
+                                "`ids` key {:?} is not a vendor id (hex, e.g. \"1af4\" or \"0x1af4\")",
+                                key.get_ref()
+                            ),
+                        )
+                    })?;
+                    ids.entry(vendor).or_default().extend(devices);
+                }
+                Some(ids)
+            }
+        };
+        Ok(PciMatch {
+            class: r.class,
+            subclass: r.subclass,
+            interface: r.interface,
+            vendor: r.vendor,
+            device: r.device,
+            ids,
+        })
+    }
 }
 
 /// A vendor key of `ids`: hex, with or without `0x`.
@@ -115,96 +133,18 @@ fn parse_vendor_key(key: &str) -> Option<u16> {
 
 /// Parses one rule file; `file` names it in rules and errors.
 pub fn parse_rules(file: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
-    let err = |pos: Option<usize>, message: String| RuleError {
-        file: file.to_owned(),
-        line: pos.map(|p| daemon::config::line_of(text, p)),
-        message,
-    };
-    let raw: RawFile = toml::from_str(text).map_err(|e| {
-        let (line, message) = daemon::config::toml_error(text, &e);
-        RuleError {
-            file: file.to_owned(),
-            line,
-            message,
-        }
-    })?;
-    let mut rules = Vec::new();
-    for spanned in raw.drivers {
-        let pos = spanned.span().start;
-        let r = spanned.into_inner();
-        let command = match r.command {
-            None => return Err(err(Some(pos), "rule has no `command`".into())),
-            Some(c) if c.get_ref().first().is_none_or(String::is_empty) => {
-                return Err(err(
-                    Some(c.span().start),
-                    "`command` must start with the driver's unit name".into(),
-                ))
-            }
-            Some(c) => c.into_inner(),
-        };
-        let ids = match r.ids {
-            None => None,
-            Some(map) => {
-                let mut ids: BTreeMap<u16, BTreeSet<u16>> = BTreeMap::new();
-                for (key, devices) in map {
-                    let vendor = parse_vendor_key(key.get_ref()).ok_or_else(|| {
-                        err(
-                            Some(key.span().start),
-                            format!(
-                                "`ids` key {:?} is not a vendor id (hex, e.g. \"1af4\" or \"0x1af4\")",
-                                key.get_ref()
-                            ),
-                        )
-                    })?;
-                    ids.entry(vendor).or_default().extend(devices);
-                }
-                Some(ids)
-            }
-        };
-        rules.push(Rule {
-            driver: RuleCommand {
-                file: file.to_owned(),
-                line: daemon::config::line_of(text, pos),
-                name: r.name,
-                command,
-            },
-            class: r.class,
-            subclass: r.subclass,
-            interface: r.interface,
-            vendor: r.vendor,
-            device: r.device,
-            ids,
-        });
-    }
-    Ok(rules)
+    config::parse_rules(file, text)
 }
 
-/// Reads every `*.toml` in `dir`, in name order. Returns the usable rules
-/// and one error per file that could not be used (those files contribute
-/// nothing). A missing directory means no rules and no error.
+/// Reads every `*.toml` in `dir`, in name order (see
+/// [`daemon::config::load_rules`]).
 pub fn load_rules(dir: &Path) -> (Vec<Rule>, Vec<RuleError>) {
-    let (files, unreadable) = daemon::config::read_toml_dir(dir);
-    let mut errors: Vec<RuleError> = unreadable
-        .into_iter()
-        .map(|(file, message)| RuleError {
-            file,
-            line: None,
-            message,
-        })
-        .collect();
-    let mut rules = Vec::new();
-    for f in files {
-        match parse_rules(&f.path.display().to_string(), &f.text) {
-            Ok(r) => rules.extend(r),
-            Err(e) => errors.push(e),
-        }
-    }
-    (rules, errors)
+    config::load_rules(dir)
 }
 
 /// The first rule matching `f`.
 pub fn find_rule<'a>(rules: &'a [Rule], f: &ParsedConfig) -> Option<&'a Rule> {
-    rules.iter().find(|r| r.matches(f))
+    rules.iter().find(|r| r.keys.matches(f))
 }
 
 /// The functions the kernel command line tells pcid to leave alone:
@@ -275,11 +215,11 @@ mod tests {
         assert_eq!(r.driver.line, 2);
         assert_eq!(r.driver.name.as_deref(), Some("virtio-blk"));
         assert_eq!(
-            (r.class, r.subclass, r.interface),
+            (r.keys.class, r.keys.subclass, r.keys.interface),
             (Some(1), Some(0), Some(0))
         );
-        assert_eq!((r.vendor, r.device), (Some(0x1af4), Some(0x1042)));
-        let ids = r.ids.as_ref().unwrap();
+        assert_eq!((r.keys.vendor, r.keys.device), (Some(0x1af4), Some(0x1042)));
+        let ids = r.keys.ids.as_ref().unwrap();
         assert_eq!(ids[&0x1af4], BTreeSet::from([0x1001, 0x1042]));
         assert_eq!(ids[&0x8086], BTreeSet::from([0x100e]));
         assert!(ids[&0x10ec].is_empty());
@@ -292,7 +232,7 @@ mod tests {
         let f = function(0x1af4, 0x1042, 1, 0, 0);
         let base = "[[drivers]]\ncommand = [\"d\"]\n";
         assert!(
-            one(base).matches(&f),
+            one(base).keys.matches(&f),
             "a rule with no keys matches anything"
         );
         for (key, good, bad) in [
@@ -305,16 +245,20 @@ mod tests {
         ] {
             let good_rule = one(&format!("{base}{key} = {good}\n"));
             let bad_rule = one(&format!("{base}{key} = {bad}\n"));
-            assert!(good_rule.matches(&f), "{key} = {good}");
-            assert!(!bad_rule.matches(&f), "{key} = {bad}");
+            assert!(good_rule.keys.matches(&f), "{key} = {good}");
+            assert!(!bad_rule.keys.matches(&f), "{key} = {bad}");
         }
         // ids: the vendor must be a key, and an empty list matches nothing.
-        assert!(!one(&format!("{base}ids = {{ 8086 = [0x1042] }}\n")).matches(&f));
-        assert!(!one(&format!("{base}ids = {{ 1af4 = [] }}\n")).matches(&f));
+        assert!(!one(&format!("{base}ids = {{ 8086 = [0x1042] }}\n"))
+            .keys
+            .matches(&f));
+        assert!(!one(&format!("{base}ids = {{ 1af4 = [] }}\n"))
+            .keys
+            .matches(&f));
         // All keys together: one mismatch is enough to fail.
         let all = "[[drivers]]\nclass = 1\nsubclass = 0\nvendor = 0x1af4\ncommand = [\"d\"]\n";
-        assert!(one(all).matches(&f));
-        assert!(!one(all).matches(&function(0x1af4, 0x1042, 1, 1, 0)));
+        assert!(one(all).keys.matches(&f));
+        assert!(!one(all).keys.matches(&function(0x1af4, 0x1042, 1, 1, 0)));
     }
 
     #[test]
@@ -358,38 +302,9 @@ mod tests {
     }
 
     #[test]
-    fn a_bad_file_is_reported_and_skipped() {
-        let dir = std::env::temp_dir().join(format!("pcid-rules-bad-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join("a.toml"),
-            "[[drivers]]\ncommand = [\"a\"]\nclass = \n",
-        )
-        .unwrap();
-        std::fs::write(dir.join("b.toml"), "[[drivers]]\ncommand = [\"b\"]\n").unwrap();
-        let (rules, errors) = load_rules(&dir);
-        assert_eq!(
-            rules.iter().map(|r| r.driver.unit()).collect::<Vec<_>>(),
-            ["b"]
-        );
-        assert_eq!(errors.len(), 1);
-        assert!(errors[0].file.ends_with("a.toml"), "{}", errors[0]);
-        assert_eq!(errors[0].line, Some(3), "{}", errors[0]);
-        let _ = std::fs::remove_dir_all(&dir);
-        assert_eq!(load_rules(&dir), (Vec::new(), Vec::new()));
-    }
-
-    #[test]
-    fn errors_name_the_line() {
+    fn bad_match_keys_are_errors_at_their_line() {
+        // Syntax, `command` and unknown tables: daemon::config's tests.
         let cases: &[(&str, usize, &str)] = &[
-            // syntax errors
-            ("[[drivers]]\nclass = = 1\ncommand = [\"x\"]\n", 2, ""),
-            (
-                "[[drivers]]\nclass = 1\ncommand = [\"x\"\n",
-                4,
-                "expected `]`",
-            ),
             // value out of range for a u8
             ("[[drivers]]\ncommand = [\"x\"]\n\n\nclass = 300\n", 5, ""),
             // wrong type
@@ -400,16 +315,6 @@ mod tests {
                 3,
                 "subclas",
             ),
-            // unknown top-level table
-            ("[driver]\nclass = 1\n", 1, "driver"),
-            // missing command: the rule's own line
-            (
-                "[[drivers]]\ncommand = [\"x\"]\n\n[[drivers]]\nclass = 1\n",
-                4,
-                "command",
-            ),
-            // empty command
-            ("[[drivers]]\nclass = 1\ncommand = []\n", 3, "unit name"),
             // a vendor key that is not hex
             (
                 "[[drivers]]\ncommand = [\"x\"]\n[drivers.ids]\n1af4 = [1]\nvirtio = [2]\n",
@@ -438,11 +343,6 @@ mod tests {
             );
             assert!(!e.to_string().contains('\n'), "{e}");
         }
-    }
-
-    #[test]
-    fn empty_file_has_no_rules() {
-        assert_eq!(parse_rules("e.toml", "# nothing\n"), Ok(Vec::new()));
     }
 
     #[test]

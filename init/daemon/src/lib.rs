@@ -19,6 +19,7 @@ use rustix::net::{
 };
 
 pub mod config;
+pub mod instance;
 pub mod logger;
 pub mod ports;
 pub mod proto;

@@ -60,11 +60,9 @@ pub struct BarInfo {
     pub prefetchable: bool,
 }
 
-/// pcid's name for a function, from its numbers: `pci-SSSS-BB-DD.F`, the
-/// directory in `/scheme/pci`, the driver's instance and scheme suffix.
-pub fn pci_name(segment: u16, bus: u8, device: u8, function: u8) -> String {
-    format!("pci-{segment:04x}-{bus:02x}-{device:02x}.{function:x}")
-}
+/// pcid's name for a function (`pci-SSSS-BB-DD.F`); it lives in `daemon`
+/// so that acpid can name functions without this crate.
+pub use daemon::instance::pci_name;
 
 /// The function name used in scheme names: `"0000:00:04.0"` →
 /// `"pci-0000-00-04.0"`.
