@@ -38,6 +38,9 @@ const INJECTING: [&str; 3] = ["virtio-blkd", "e1000d", "virtio-netd"];
 /// What a campaign is asked to do.
 #[derive(Debug, Clone)]
 pub struct Campaign {
+    /// The scenario's name: its console log and disk image under
+    /// `target/lab/` are named after it.
+    pub name: String,
     pub seed: u64,
     /// Stop once this many faults were injected (or `rounds` ran).
     pub faults: usize,
@@ -281,27 +284,15 @@ fn load(
 pub fn run(c: &Campaign) -> crate::Result<Report> {
     let dir = crate::workspace_root().join("target/lab");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let path: PathBuf = dir.join("faults.img");
+    let path: PathBuf = dir.join(format!("{}.img", c.name));
     let disk = pattern(c.seed, DISK_MIB << 20);
     std::fs::write(&path, &disk).map_err(|e| e.to_string())?;
     // The first half is read and checked each round; the second is written.
     let read_sum = md5_hex(&disk[..(DISK_MIB << 20) / 2]);
     let plan = format!("seed={},rate={},kinds={}", c.seed, c.rate, c.kinds);
-    let mut cfg = Config::new("faults")
+    let mut cfg = Config::new(&c.name)
         .args(crate::virtio_blk_args("a", &path, "04.0"))
-        .arg(&[
-            "-netdev",
-            "hubport,id=h0,hubid=0",
-            "-netdev",
-            "hubport,id=h1,hubid=0",
-        ])
-        .args(crate::e1000_args("nic0", "h0", "05.0", "52:54:00:12:34:05"))
-        .args(crate::virtio_net_args(
-            "nic1",
-            "h1",
-            "06.0",
-            "52:54:00:12:34:06",
-        ));
+        .args(crate::nic_pair_on_hub(0, "05.0", "06.0"));
     for d in INJECTING {
         cfg = cfg.file(
             &format!("/etc/init.d/{d}.toml"),

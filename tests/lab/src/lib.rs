@@ -20,8 +20,8 @@ use serde_json::{json, Value};
 pub mod faults;
 
 pub use vm::{
-    e1000_args, image_dir, kernel_cmdline, machine_args, virtio_blk_args, virtio_net_args,
-    workspace_root, BUILTINS_KEPT_OFF, LINUX_VIRTIO_PCI,
+    e1000_args, image_dir, kernel_cmdline, machine_args, nic_pair_on_hub, virtio_blk_args,
+    virtio_net_args, workspace_root, BUILTINS_KEPT_OFF, LINUX_VIRTIO_PCI,
 };
 
 pub type Result<T> = std::result::Result<T, String>;

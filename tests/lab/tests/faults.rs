@@ -17,10 +17,19 @@ use std::time::Duration;
 use lab::faults::{run, unit_with_faults, Campaign, LOSSLESS_KINDS};
 use lab::{Config, Vm};
 
+/// One VM at a time: the campaign measures recovery and hang detection,
+/// which a second guest on the same two cores would distort.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[test]
 #[ignore = "boots QEMU: run through `make test`"]
 fn a_few_dozen_faults_lose_nothing() -> lab::Result<()> {
+    let _one = one_at_a_time();
     let report = run(&Campaign {
+        name: "faults-short".to_owned(),
         seed: 42,
         faults: 30,
         rounds: 40,
@@ -40,7 +49,9 @@ fn a_few_dozen_faults_lose_nothing() -> lab::Result<()> {
 #[test]
 #[ignore = "boots QEMU: run through `make test`"]
 fn bad_dma_addresses_are_stopped_by_the_iommu() -> lab::Result<()> {
+    let _one = one_at_a_time();
     let report = run(&Campaign {
+        name: "faults-baddma".to_owned(),
         seed: 7,
         faults: 4,
         rounds: 6,
@@ -83,6 +94,7 @@ fn bad_dma_addresses_are_stopped_by_the_iommu() -> lab::Result<()> {
 #[test]
 #[ignore = "boots QEMU: run through `make test`"]
 fn a_new_instance_has_a_reset_device_and_none_of_the_old_mappings() -> lab::Result<()> {
+    let _one = one_at_a_time();
     const BLKD: &str = "virtio-blkd@pci-0000-00-04.0";
     let path = lab::workspace_root().join("target/lab/stale.img");
     let disk = lab::pattern(11, 4 << 20);

@@ -29,15 +29,7 @@ const FRAMES: u64 = 10_000;
 const WINDOW: u64 = 64;
 
 fn hub_config() -> Config {
-    Config::new("network-hub")
-        .arg(&[
-            "-netdev",
-            "hubport,id=h0,hubid=0",
-            "-netdev",
-            "hubport,id=h1,hubid=0",
-        ])
-        .args(lab::e1000_args("nic0", "h0", "05.0", MAC_E1000))
-        .args(lab::virtio_net_args("nic1", "h1", "06.0", MAC_VIRTIO))
+    Config::new("network-hub").args(lab::nic_pair_on_hub(0, "05.0", "06.0"))
 }
 
 /// Waits (bounded, in the guest) until both schemes serve frames and both

@@ -82,6 +82,33 @@ pub fn virtio_net_args(id: &str, netdev: &str, addr: &str, mac: &str) -> Vec<Str
     ]
 }
 
+/// QEMU arguments for an e1000 at slot `e1000` and a virtio-net at slot
+/// `virtio` on one QEMU hub (`hub`): each hears every frame the other
+/// sends. Back ends `h{2·hub}`, `h{2·hub+1}`; MACs `52:54:00:12:34:SS`,
+/// SS the slot's device number.
+pub fn nic_pair_on_hub(hub: u32, e1000: &str, virtio: &str) -> Vec<String> {
+    let (a, b) = (format!("h{}", 2 * hub), format!("h{}", 2 * hub + 1));
+    let mac = |slot: &str| format!("52:54:00:12:34:{}", slot.split('.').next().unwrap_or("00"));
+    let mut args = Vec::new();
+    for id in [&a, &b] {
+        args.push("-netdev".to_owned());
+        args.push(format!("hubport,id={id},hubid={hub}"));
+    }
+    args.extend(e1000_args(
+        &format!("nic{}", 2 * hub),
+        &a,
+        e1000,
+        &mac(e1000),
+    ));
+    args.extend(virtio_net_args(
+        &format!("nic{}", 2 * hub + 1),
+        &b,
+        virtio,
+        &mac(virtio),
+    ));
+    args
+}
+
 /// Built-in Linux drivers kept from starting (`initcall_blacklist=`),
 /// because a daemon of ours owns their devices:
 /// - `cmos_init`: `rtc_cmos`. rtcd owns the CMOS clock, and two drivers

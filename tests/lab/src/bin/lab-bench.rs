@@ -59,30 +59,8 @@ fn run(block: bool, net: bool) -> Result<(), String> {
     let cfg = Config::new("bench")
         .args(lab::virtio_blk_args("a", &a, "04.0"))
         .args(lab::virtio_blk_args("b", &b, "07.0"))
-        .arg(&[
-            "-netdev",
-            "hubport,id=h0,hubid=0",
-            "-netdev",
-            "hubport,id=h1,hubid=0",
-            "-netdev",
-            "hubport,id=h2,hubid=1",
-            "-netdev",
-            "hubport,id=h3,hubid=1",
-        ])
-        .args(lab::e1000_args("nic0", "h0", "05.0", "52:54:00:12:34:05"))
-        .args(lab::virtio_net_args(
-            "nic1",
-            "h1",
-            "06.0",
-            "52:54:00:12:34:06",
-        ))
-        .args(lab::e1000_args("nic2", "h2", "08.0", "52:54:00:12:34:08"))
-        .args(lab::virtio_net_args(
-            "nic3",
-            "h3",
-            "09.0",
-            "52:54:00:12:34:09",
-        ))
+        .args(lab::nic_pair_on_hub(0, "05.0", "06.0"))
+        .args(lab::nic_pair_on_hub(1, "08.0", "09.0"))
         .allow_builtin(lab::LINUX_VIRTIO_PCI)
         .cmdline(&[&format!(
             "pcid.ignore={KERNEL_DISK},{KERNEL_E1000},{KERNEL_VIRTIO_NET}"
@@ -104,6 +82,7 @@ fn run(block: bool, net: bool) -> Result<(), String> {
         None
     };
     let net_result = if net { Some(bench_net(&mut vm)?) } else { None };
+    let recovery = bench_recovery(&mut vm, block, net)?;
     let _ = vm.poweroff(Duration::from_secs(60));
     if let Some((dev, ours, kernel)) = block_result {
         print_block(&dev, &ours, &kernel);
@@ -111,7 +90,46 @@ fn run(block: bool, net: bool) -> Result<(), String> {
     if let Some(rows) = net_result {
         print_net(&rows);
     }
+    println!(
+        "recovery after kill -9 (guest time, from the end to ready again; docs/supervision.md):"
+    );
+    for (driver, ms) in recovery {
+        println!("  {driver:<14} {ms} ms");
+    }
     Ok(())
+}
+
+/// Kills each of our drivers once, after the benchmarks, and reads init's
+/// `service … back N ms after it ended`.
+fn bench_recovery(vm: &mut Vm, block: bool, net: bool) -> Result<Vec<(&'static str, u64)>, String> {
+    let mut drivers = Vec::new();
+    if block {
+        drivers.push(("virtio-blkd", "virtio-blkd@pci-0000-00-04.0"));
+    }
+    if net {
+        drivers.push(("e1000d", "e1000d@pci-0000-00-05.0"));
+        drivers.push(("virtio-netd", "virtio-netd@pci-0000-00-06.0"));
+    }
+    let mut times = Vec::new();
+    for (bin, service) in drivers {
+        let from = vm.console().len();
+        let needle = format!("service {service} back ");
+        vm.ok(&format!("kill -9 $(pidof {bin})"))?;
+        vm.wait_console_after(from, " ms after it ended", Duration::from_secs(60))?;
+        let console = vm.console();
+        let ms = console[from..]
+            .lines()
+            .find_map(|l| {
+                l.split(&needle)
+                    .nth(1)?
+                    .strip_suffix(" ms after it ended")?
+                    .parse()
+                    .ok()
+            })
+            .ok_or_else(|| format!("{service} did not report its recovery"))?;
+        times.push((bin, ms));
+    }
+    Ok(times)
 }
 
 fn bench_block(vm: &mut Vm) -> Result<(String, Value, Value), String> {

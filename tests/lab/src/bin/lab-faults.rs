@@ -8,6 +8,7 @@ use lab::faults::{run, Campaign, LOSSLESS_KINDS};
 
 fn main() {
     let mut c = Campaign {
+        name: "faults".to_owned(),
         seed: 1,
         faults: 300,
         rounds: 400,
