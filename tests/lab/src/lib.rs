@@ -221,7 +221,7 @@ const SILENT_MARK: &str = "QEMU's console stayed empty";
 /// a late initcall, the kernel hitting a breakpoint its own code patching
 /// had already removed (TCG running a stale translation). Retried once,
 /// reported, like a silent boot.
-const EARLY_PANIC_MARK: &str = "the kernel panicked before init started";
+const EARLY_PANIC_MARK: &str = "the kernel failed before the scenario began";
 
 impl Vm {
     /// Boots a guest and waits (bounded) until init reports every service
@@ -359,7 +359,36 @@ impl Vm {
         let qmp = connect(&qmp_sock, deadline, &mut vm.child)?;
         vm.qmp = Some(BufReader::new(qmp));
         vm.qmp_handshake()?;
+        vm.settle_rng(first_try)?;
         Ok(vm)
+    }
+
+    /// Makes the kernel's RNG ready before the scenario starts. With no
+    /// RDRAND (QEMU's default CPU under TCG) it becomes ready only when a
+    /// reader first asks, seconds into the run, and then flips a static
+    /// key by live code patching; under TCG a CPU can then still execute
+    /// the int3 the patching already removed, and the kernel oopses (seen
+    /// in `urandom_read_iter`, under a scenario's `dd if=/dev/urandom`).
+    /// Asked here, the flip happens while the guest is idle; an oops now
+    /// is a boot failure like an early panic, retried once.
+    fn settle_rng(&mut self, first_try: bool) -> Result<()> {
+        let asked = self.sh_timeout(
+            "dd if=/dev/random of=/dev/null bs=1 count=1 2>/dev/null",
+            Duration::from_secs(60),
+        );
+        let oops = self.console().contains("Oops: int3");
+        match asked {
+            Ok(out) if out.success() && !oops => Ok(()),
+            _ if oops && first_try => Err(format!(
+                "{EARLY_PANIC_MARK} (an int3 oops while the RNG became ready)"
+            )),
+            Ok(out) => Err(format!(
+                "the kernel's RNG did not become ready: {}{}",
+                out.stdout_str(),
+                out.stderr_str()
+            )),
+            Err(e) => Err(format!("the kernel's RNG did not become ready: {e}")),
+        }
     }
 
     fn wait_hello(&mut self, deadline: Instant) -> Result<()> {
