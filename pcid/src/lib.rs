@@ -13,6 +13,7 @@ pub mod service;
 pub mod summary;
 pub mod sysfs;
 pub mod table;
+pub mod uevent;
 
 /// Where the driver rules live.
 pub const RULES_DIR: &str = "/etc/pcid.d";

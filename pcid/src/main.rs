@@ -35,6 +35,15 @@ fn run() -> io::Result<()> {
 
     let server = Server::from_registration(fuse, PciScheme::new(Table::new(), Sysfs::system()))?;
     let mut pcid = Pcid::new(server, System::new(daemon), rules, ignore)?;
+    // Listening before the first scan: a function added in between is
+    // found by the event's rescan.
+    pcid = match pcid::uevent::open() {
+        Ok(fd) => pcid.with_uevents(fd)?,
+        Err(e) => {
+            log::error!("cannot listen for uevents ({e}): hot-plug is not followed");
+            pcid
+        }
+    };
     pcid.scan()?;
     log::info!("{} PCI functions", pcid.scheme().table().len());
     pcid.platform().daemon().ready()?;

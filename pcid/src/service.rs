@@ -3,7 +3,9 @@
 //! `vfio-pci`, opens a fresh VFIO container for it and asks init to start
 //! its driver with the container, device and channel fds; then it answers
 //! channel requests and releases a function when its driver's channel
-//! hangs up.
+//! hangs up. It follows the bus through the kernel's uevents: a function
+//! that appears is matched and given its driver like one found at boot; one
+//! that leaves has its driver stopped for good (init is told it is `gone`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -50,6 +52,11 @@ pub trait Platform {
     /// What init asked for since the last call (heartbeats are answered).
     fn notices(&self) -> io::Result<Vec<Notice>> {
         Ok(Vec::new())
+    }
+
+    /// Tells init the device of `unit@instance` left the bus.
+    fn gone(&self, _unit: &str, _instance: &str) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -123,12 +130,18 @@ impl Platform for System {
     fn notices(&self) -> io::Result<Vec<Notice>> {
         self.daemon.serve_control()
     }
+
+    fn gone(&self, unit: &str, instance: &str) -> io::Result<()> {
+        self.daemon.gone(unit, instance)
+    }
 }
 
 /// The scheme's token in the event loop; drivers' channels count from 1.
 const SERVER: u64 = 0;
 /// init's control socket.
 const CONTROL: u64 = u64::MAX;
+/// The kernel's uevents.
+const UEVENTS: u64 = u64::MAX - 1;
 
 /// pcid's end of one driver's channel.
 struct DriverChannel {
@@ -147,6 +160,11 @@ pub struct Pcid<P: Platform> {
     ignore: BTreeSet<PciAddress>,
     drivers: BTreeMap<u64, DriverChannel>,
     next_token: u64,
+    /// The driver each function was last given (`unit`, `instance`), so
+    /// that init can be told when the function leaves, even if the driver
+    /// has already let it go.
+    started: BTreeMap<PciAddress, (String, String)>,
+    uevents: Option<OwnedFd>,
 }
 
 impl<P: Platform> Pcid<P> {
@@ -169,7 +187,16 @@ impl<P: Platform> Pcid<P> {
             ignore,
             drivers: BTreeMap::new(),
             next_token: SERVER + 1,
+            started: BTreeMap::new(),
+            uevents: None,
         })
+    }
+
+    /// Follows the bus: on each PCI add or remove uevent on `fd`, rescans.
+    pub fn with_uevents(mut self, fd: OwnedFd) -> io::Result<Pcid<P>> {
+        self.events.add(fd.as_fd(), UEVENTS)?;
+        self.uevents = Some(fd);
+        Ok(self)
     }
 
     pub fn platform(&self) -> &P {
@@ -192,8 +219,17 @@ impl<P: Platform> Pcid<P> {
         }
         for f in &diff.removed {
             log::info!("{}: removed (owner: {})", f.name, f.owner);
-            // Its channel, if any, stays until the driver hangs up; hotplug
-            // handling decides more.
+            // Its driver's channel, if still open, hangs up when the driver
+            // exits; init must not start that driver again.
+            if let Some((unit, instance)) = self.started.remove(&f.address) {
+                log::info!("{}: {unit}@{instance} is stopped for good", f.name);
+                if let Err(e) = self.platform.gone(&unit, &instance) {
+                    log::error!(
+                        "{}: cannot tell init {unit}@{instance} is gone: {e}",
+                        f.name
+                    );
+                }
+            }
         }
         for a in diff.added {
             self.consider(a);
@@ -278,6 +314,8 @@ impl<P: Platform> Pcid<P> {
             };
         }
         log::info!("{instance}: {}@{instance} started", rule.driver.unit());
+        self.started
+            .insert(a, (rule.driver.unit().to_owned(), instance.clone()));
         self.drivers.insert(
             token,
             DriverChannel {
@@ -306,6 +344,8 @@ impl<P: Platform> Pcid<P> {
                 for notice in self.platform.notices()? {
                     self.on_notice(notice);
                 }
+            } else if t == UEVENTS {
+                self.on_uevents();
             } else {
                 self.on_channel(t);
                 channel_event = true;
@@ -332,6 +372,43 @@ impl<P: Platform> Pcid<P> {
         };
         if let Err(e) = self.respawn(&unit, &instance) {
             log::error!("{instance}: cannot start {unit} again: {e}");
+            // It may be leaving the bus (a driver killed while its device
+            // was being removed): a rescan finds out and tells init.
+            if let Err(e) = self.scan() {
+                log::error!("rescan: {e}");
+            }
+        }
+    }
+
+    /// The kernel's uevents: a PCI function came or went, so rescan.
+    fn on_uevents(&mut self) {
+        let Some(fd) = self.uevents.as_ref() else {
+            return;
+        };
+        let events = match crate::uevent::drain(fd) {
+            Ok(events) => events,
+            Err(e) => {
+                log::error!("uevent socket: {e}; no longer following the bus");
+                if let Some(fd) = self.uevents.take() {
+                    let _ = self.events.remove(fd.as_fd());
+                }
+                return;
+            }
+        };
+        let mut changed = false;
+        for e in events.iter().filter(|e| e.changes_the_bus()) {
+            log::info!(
+                "uevent: {} {}",
+                e.action,
+                e.slot.as_deref().unwrap_or("(no slot)")
+            );
+            changed = true;
+        }
+        if changed {
+            if let Err(e) = self.scan() {
+                log::error!("rescan: {e}");
+            }
+            self.server.wake();
         }
     }
 

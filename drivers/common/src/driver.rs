@@ -14,7 +14,7 @@
 
 use std::io;
 use std::os::fd::AsFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use daemon::Daemon;
 use log::{info, warn};
@@ -30,6 +30,12 @@ type Handler<S> = Box<dyn FnMut(&mut S) -> io::Result<()>>;
 const SCHEME_TOKEN: u64 = 0;
 /// init's control socket.
 const CONTROL_TOKEN: u64 = u64::MAX;
+/// The kernel asking for the device back (hot-unplug).
+const REMOVAL_TOKEN: u64 = u64::MAX - 1;
+/// How long a removed device's requests in flight may take to complete
+/// before the driver lets go anyway (init's stand-in then answers them
+/// `EIO`): the kernel's removal waits on us.
+pub const DRAIN_BOUND: Duration = Duration::from_secs(2);
 
 /// One interrupt and what it means to the driver.
 struct IrqArm<S> {
@@ -51,6 +57,7 @@ pub struct DriverLoop<S: Scheme> {
     events: EventLoop,
     irqs: Vec<IrqArm<S>>,
     backlog: Option<Backlog<S>>,
+    removal: Option<Irq>,
 }
 
 impl<S: Scheme> DriverLoop<S> {
@@ -65,6 +72,7 @@ impl<S: Scheme> DriverLoop<S> {
             events,
             irqs: Vec::new(),
             backlog: None,
+            removal: None,
         })
     }
 
@@ -104,7 +112,68 @@ impl<S: Scheme> DriverLoop<S> {
         self
     }
 
-    /// Serves until the scheme is unmounted (`Ok`) or something fails.
+    /// `irq` fires when the kernel wants the device back (VFIO's device
+    /// request, on hot-unplug): the loop stops taking requests, lets what
+    /// the device has in flight complete (at most [`DRAIN_BOUND`]), tells
+    /// init it is going for good, and returns `Ok`, so the daemon exits
+    /// and its device fds close, which lets the removal finish. Requests it
+    /// had read and not answered come back to init's stand-in (`EIO`).
+    /// `None` (a function VFIO offers no request interrupt for) changes
+    /// nothing.
+    pub fn on_removal(mut self, irq: Option<Irq>) -> io::Result<DriverLoop<S>> {
+        if let Some(irq) = irq {
+            self.events.add(irq.as_fd(), REMOVAL_TOKEN)?;
+            self.removal = Some(irq);
+        }
+        Ok(self)
+    }
+
+    /// Quiesce, drain, let go: see [`DriverLoop::on_removal`].
+    fn let_go(&mut self) -> io::Result<()> {
+        if let Some(irq) = self.removal.as_ref() {
+            let _ = irq.take();
+        }
+        info!(
+            "the kernel asks for the device back: draining {} requests in flight",
+            self.server.deferred()
+        );
+        if let Err(e) = self.daemon.removed() {
+            warn!("cannot tell init the device is going: {e}");
+        }
+        self.events.remove(self.server.as_fd())?;
+        let until = Instant::now() + DRAIN_BOUND;
+        while self.server.deferred() > 0 {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                warn!(
+                    "{} requests did not complete; init answers them",
+                    self.server.deferred()
+                );
+                break;
+            }
+            for token in self.events.wait(Some(left))? {
+                if token == CONTROL_TOKEN {
+                    let _ = self.daemon.serve_control();
+                    continue;
+                }
+                let Some(arm) = usize::try_from(token.wrapping_sub(1))
+                    .ok()
+                    .and_then(|i| self.irqs.get_mut(i))
+                else {
+                    continue;
+                };
+                arm.irq.take()?;
+                (arm.handler)(self.server.scheme_mut())?;
+                arm.irq.ack()?;
+                self.server.wake();
+            }
+        }
+        info!("device released");
+        Ok(())
+    }
+
+    /// Serves until the scheme is unmounted or the device is removed
+    /// (`Ok`), or something fails.
     pub fn run(mut self) -> io::Result<()> {
         loop {
             let backlog = self
@@ -123,6 +192,9 @@ impl<S: Scheme> DriverLoop<S> {
                         warn!("init sent {notice:?}, which a driver does not take");
                     }
                     continue;
+                }
+                if token == REMOVAL_TOKEN {
+                    return self.let_go();
                 }
                 if token == SCHEME_TOKEN {
                     if self.server.process()? == Status::Unmounted {

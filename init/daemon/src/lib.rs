@@ -240,6 +240,22 @@ impl Daemon {
         self.send(&proto::Request::Ready.encode())
     }
 
+    /// Tells init the daemon's device is being taken away and it is about
+    /// to exit: not a crash, so not restarted.
+    pub fn removed(&self) -> io::Result<()> {
+        self.send(&proto::Request::Removed.encode())
+    }
+
+    /// From an enumerator: the function of instance `instance` of `unit`
+    /// has left the bus; init stops that driver for good.
+    pub fn gone(&self, unit: &str, instance: &str) -> io::Result<()> {
+        let req = proto::Request::Gone {
+            unit: unit.to_owned(),
+            instance: instance.to_owned(),
+        };
+        self.send(&req.encode())
+    }
+
     /// Handles what init sent, without blocking: answers its heartbeat and
     /// returns its other notices (with any that came while a request waited
     /// for its reply). An error once init's end is gone.

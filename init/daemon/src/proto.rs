@@ -10,6 +10,11 @@
 //! (the same, for a scheme whose mount outlived its last daemon: the new one
 //! takes over the connection), or `err ERRNO MESSAGE`.
 //!
+//! A driver whose device the kernel is taking away says `removed` before it
+//! exits (init then does not restart it); an enumerator that saw one of
+//! its functions go says `gone UNIT INSTANCE` (init stops that instance,
+//! killing it if it still runs, and does not restart it).
+//!
 //! init → daemon, unprompted ([`Notice`]): `ping N`, the supervisor's
 //! heartbeat, which the daemon's event loop answers with `pong N`
 //! (daemon → init); and, to an enumerator, `respawn UNIT INSTANCE`: start
@@ -34,6 +39,13 @@ pub enum Request {
     Ready,
     /// The answer to `ping N`.
     Pong(u64),
+    /// The daemon's device is being removed: it exits next, for good.
+    Removed,
+    /// From an enumerator: the device of `UNIT@INSTANCE` is gone.
+    Gone {
+        unit: String,
+        instance: String,
+    },
     /// Start instance `INSTANCE` of template unit `UNIT` with extra args;
     /// the fds attached to the packet become fds 4, 5, … in the child, and
     /// init grants it `ioports` (ioperm) before dropping its privileges.
@@ -120,6 +132,8 @@ impl Request {
             }
             Request::Ready => b"ready".to_vec(),
             Request::Pong(n) => format!("pong {n}").into_bytes(),
+            Request::Removed => b"removed".to_vec(),
+            Request::Gone { unit, instance } => format!("gone {unit} {instance}").into_bytes(),
             Request::Spawn {
                 unit,
                 instance,
@@ -146,6 +160,13 @@ impl Request {
         let words: Vec<&str> = text.trim_end().split(' ').collect();
         match words.as_slice() {
             ["ready"] => Ok(Request::Ready),
+            ["removed"] => Ok(Request::Removed),
+            ["gone", unit, instance] if valid_word(unit) && valid_word(instance) => {
+                Ok(Request::Gone {
+                    unit: (*unit).to_owned(),
+                    instance: (*instance).to_owned(),
+                })
+            }
             ["pong", n] => n
                 .parse()
                 .map(Request::Pong)
@@ -224,6 +245,11 @@ mod tests {
     fn requests_round_trip() {
         for r in [
             Request::Ready,
+            Request::Removed,
+            Request::Gone {
+                unit: "virtio-blkd".into(),
+                instance: "pci-0000-01-00.0".into(),
+            },
             Request::Register("disk.pci-0000-00-04.0_virtio_blk".into(), RootKind::Dir),
             Request::Register("null".into(), RootKind::File),
             Request::Spawn {

@@ -54,6 +54,8 @@ impl Services {
                     }
                 }
                 Ok(Request::Ready) => self.mark_ready(i),
+                Ok(Request::Removed) => self.on_removed(i),
+                Ok(Request::Gone { unit, instance }) => self.on_gone(i, &unit, &instance),
                 Ok(Request::Pong(_)) => self.on_pong(i),
                 Ok(Request::Register(scheme, kind)) => {
                     let reply = self.register(i, &scheme, kind);
@@ -145,6 +147,7 @@ impl Services {
         }
         let unit = t.instantiate(instance, args, ioports);
         let mut svc = Service::new(unit);
+        svc.claims_device = !fds.is_empty();
         svc.passed = fds;
         svc.enumerator = Some(self.list[requester].unit.name.clone());
         let i = match self.list.iter().position(|s| s.unit.name == svc.unit.name) {

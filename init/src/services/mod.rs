@@ -51,6 +51,11 @@ pub enum State {
     /// Stopped by hand (`/scheme/init/control`); its schemes stay mounted,
     /// answered by init, until it is started again.
     Stopped,
+    /// Its device left the bus (hot-unplug): stopped for good, not failed;
+    /// its schemes are unmounted (lazily: handles still open are answered
+    /// `EIO` by init until they close). The same device coming back is a
+    /// new start.
+    Removed,
     Failed(String),
 }
 
@@ -63,7 +68,7 @@ impl State {
             State::Ready => "running",
             State::Restarting(_) | State::Respawning(_) => "restarting",
             State::Exited => "exited",
-            State::Stopped => "stopped",
+            State::Stopped | State::Removed => "stopped",
             State::Failed(_) => "failed",
         }
     }
@@ -84,6 +89,10 @@ pub struct Service {
     /// The enumerator (by unit name) that asked for this instance with the
     /// device's fds, so only it can start it again.
     enumerator: Option<String>,
+    /// Whether the enumerator passed device fds: then only it can start
+    /// the instance again (a fresh claim); an instance given only ports
+    /// (acpid's) init restarts itself, with the same grant.
+    claims_device: bool,
     /// uid and gid it runs as, resolved once at spawn; its mounts get them.
     ids: (u32, u32),
     /// Being stopped at shutdown: its schemes go with it.
@@ -136,6 +145,7 @@ impl Service {
             kept: Vec::new(),
             record: Record::default(),
             enumerator: None,
+            claims_device: false,
             ids: (0, 0),
             stopping: false,
             pending: None,

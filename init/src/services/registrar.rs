@@ -8,8 +8,12 @@
 //! open files and their requests wait in the kernel. The next instance of
 //! the same service registering the same name gets the same connection and
 //! store back (`ok resumed`); while there is none (the service failed or
-//! was stopped by hand), init's stand-in answers. The mounts go only when
-//! the service is stopped at shutdown.
+//! was stopped by hand), init's stand-in answers. The mounts go when the
+//! service is stopped at shutdown, or when its device leaves the bus: then
+//! lazily (`MNT_DETACH`), so the name is free at once for the device's
+//! return while handles still open are answered `EIO` by the stand-in;
+//! the kernel ends the connection when the last one closes, and init lets
+//! it go.
 
 use std::fs;
 use std::os::fd::{AsFd, OwnedFd};
@@ -33,6 +37,9 @@ pub struct Kept {
     state: OwnedFd,
     /// init answering the scheme while no daemon does.
     standin: Option<Server<Refusing>>,
+    /// Unmounted lazily (its device is gone): no one takes it over; it
+    /// lives until the kernel ends the connection.
+    detached: bool,
 }
 
 /// What a registration hands the daemon: the FUSE fd, the state store, and
@@ -59,7 +66,11 @@ impl Services {
                 format!("{} may not register {scheme:?}", unit.name),
             ));
         }
-        if let Some(k) = self.list[i].kept.iter().position(|k| k.name == scheme) {
+        if let Some(k) = self.list[i]
+            .kept
+            .iter()
+            .position(|k| k.name == scheme && !k.detached)
+        {
             return self.resume(i, k, kind);
         }
         if let Some(&owner) = self.owners.get(scheme) {
@@ -113,6 +124,7 @@ impl Services {
             fuse,
             state,
             standin: None,
+            detached: false,
         });
         say(&format!(
             "scheme {scheme} registered by {}",
@@ -145,7 +157,11 @@ impl Services {
 
     /// Names of the schemes service `i` serves (or init stands in for).
     pub(super) fn scheme_names(&self, i: usize) -> impl Iterator<Item = &str> {
-        self.list[i].kept.iter().map(|k| k.name.as_str())
+        self.list[i]
+            .kept
+            .iter()
+            .filter(|k| !k.detached)
+            .map(|k| k.name.as_str())
     }
 
     /// init answers every kept scheme of service `i`, which no daemon
@@ -198,8 +214,56 @@ impl Services {
         else {
             return;
         };
-        if let Err(e) = server.process() {
-            say(&format!("stand-in for {}: {e}", self.list[i].unit.name));
+        match server.process() {
+            Ok(scheme::Status::Unmounted) => self.drop_kept(i, k),
+            Ok(scheme::Status::Running) => {}
+            Err(e) => say(&format!("stand-in for {}: {e}", self.list[i].unit.name)),
+        }
+    }
+
+    /// Service `i`'s device is gone: each scheme is unmounted lazily and
+    /// answered by the stand-in until its last handle closes.
+    pub(super) fn detach_all(&mut self, i: usize) {
+        self.standin_all(i);
+        for k in 0..self.list[i].kept.len() {
+            let kept = &mut self.list[i].kept[k];
+            if kept.detached {
+                continue;
+            }
+            kept.detached = true;
+            let name = kept.name.clone();
+            self.owners.remove(&name);
+            let target = self.scheme_root.join(&name);
+            if let Err(e) = rustix::mount::unmount(&target, rustix::mount::UnmountFlags::DETACH) {
+                say(&format!("scheme {name}: cannot unmount: {e}"));
+            }
+            let _ = remove_mountpoint(&target);
+            say(&format!(
+                "scheme {name} detached: open handles get EIO until they close"
+            ));
+        }
+    }
+
+    /// Lets kept scheme `k` of service `i` go: the kernel ended its
+    /// connection (a detached mount's last handle closed).
+    fn drop_kept(&mut self, i: usize, k: usize) {
+        self.stop_standin(i, k);
+        let kept = self.list[i].kept.remove(k);
+        if !kept.detached {
+            // Not ours to end: someone unmounted it under us.
+            self.owners.remove(&kept.name);
+        }
+        say(&format!("scheme {}: connection ended", kept.name));
+        // The entries after it moved down one: their stand-in tokens too.
+        for (k, later) in self.list[i].kept.iter().enumerate().skip(k) {
+            if let Some(server) = later.standin.as_ref() {
+                let _ = epoll::modify(
+                    &self.epoll,
+                    server.as_fd(),
+                    epoll::EventData::new_u64(token(i, STANDIN + k as u64)),
+                    epoll::EventFlags::IN,
+                );
+            }
         }
     }
 

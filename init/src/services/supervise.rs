@@ -95,6 +95,9 @@ pub struct Record {
 pub enum ByHand {
     Restart,
     Stop,
+    /// Not by hand: the device is being removed (the daemon said
+    /// `removed`, or its enumerator `gone`).
+    Removal,
 }
 
 /// A control written to `/scheme/init/control`.
@@ -162,6 +165,11 @@ impl Services {
                 self.restart_now(i);
                 return;
             }
+            Some(ByHand::Removal) => {
+                say(&format!("{name} exited ({why}): its device was removed"));
+                self.device_removed(i);
+                return;
+            }
             None => {}
         }
         let starting = matches!(svc.state, State::Starting(_));
@@ -218,11 +226,13 @@ impl Services {
     }
 
     /// Starts service `i` again now: by its enumerator for a driver that
-    /// was given a device's fds, else directly.
+    /// was given a device's fds, else directly (an instance with only a
+    /// port grant keeps it: the grant is in its unit).
     fn restart_now(&mut self, i: usize) {
         let now = Instant::now();
         self.list[i].record.restarts += 1;
-        let Some(enumerator) = self.list[i].enumerator.clone() else {
+        let svc = &self.list[i];
+        let Some(enumerator) = svc.enumerator.clone().filter(|_| svc.claims_device) else {
             self.list[i].state = State::Waiting;
             return;
         };
@@ -340,6 +350,58 @@ impl Services {
             .min()
     }
 
+    /// Service `i` says its device is being removed and it will exit: when
+    /// it does, it is stopped for good rather than restarted.
+    pub(super) fn on_removed(&mut self, i: usize) {
+        say(&format!(
+            "{}: its device is being removed",
+            self.list[i].unit.name
+        ));
+        self.list[i].pending = Some(ByHand::Removal);
+    }
+
+    /// Enumerator `from` says the device of `unit@instance` has left the
+    /// bus. A driver still running is killed (its device is gone: nothing
+    /// in flight can complete, and the stand-in answers what it had read);
+    /// one waiting to be started again is stopped now.
+    pub(super) fn on_gone(&mut self, from: usize, unit: &str, instance: &str) {
+        let name = format!("{unit}@{instance}");
+        let who = self.list[from].unit.name.clone();
+        let Some(i) = self.list.iter().position(|s| s.unit.name == name) else {
+            say(&format!(
+                "{who}: {name} is gone, but init has no such service"
+            ));
+            return;
+        };
+        if self.list[i].enumerator.as_deref() != Some(who.as_str()) {
+            say(&format!(
+                "{who} may not say {name} is gone: it did not start it"
+            ));
+            return;
+        }
+        match (self.list[i].pid, &self.list[i].state) {
+            (Some(pid), _) => {
+                say(&format!("{name}: its device is gone; stopping it"));
+                self.list[i].pending = Some(ByHand::Removal);
+                self.list[i].record.killed_for = Some("its device is gone".to_owned());
+                let _ = rustix::process::kill_process(pid, Signal::KILL);
+            }
+            (None, State::Restarting(_) | State::Respawning(_) | State::Failed(_)) => {
+                say(&format!("{name}: its device is gone; not started again"));
+                self.device_removed(i);
+            }
+            (None, _) => {}
+        }
+    }
+
+    /// Service `i`'s device is gone: stopped for good, its schemes
+    /// detached.
+    fn device_removed(&mut self, i: usize) {
+        self.list[i].state = State::Removed;
+        self.list[i].record.ended_at = None;
+        self.detach_all(i);
+    }
+
     /// Every service as `/scheme/init` shows it.
     pub fn views(&self) -> Vec<crate::init_scheme::View> {
         let now = Instant::now();
@@ -350,6 +412,7 @@ impl Services {
                 state: s.state.word().to_owned(),
                 why: match &s.state {
                     State::Failed(why) => Some(why.clone()),
+                    State::Removed => Some("device removed".to_owned()),
                     _ => None,
                 },
                 pid: s.pid.map(|p| p.as_raw_nonzero().get() as u32),
@@ -402,7 +465,11 @@ impl Services {
                 _ => Err((syscall::error::EINVAL, format!("{name} is not running"))),
             },
             (Control::Restart(_) | Control::Start(_), None) => match self.list[i].state {
-                State::Stopped | State::Failed(_) | State::Exited | State::Restarting(_) => {
+                State::Stopped
+                | State::Removed
+                | State::Failed(_)
+                | State::Exited
+                | State::Restarting(_) => {
                     say(&format!("{name}: started by hand"));
                     self.list[i].record.failures.clear();
                     self.list[i].record.start_failures = 0;

@@ -253,6 +253,18 @@ impl PciFunctionHandle {
         Ok(Irq::intx(fd, self.device.clone()))
     }
 
+    /// The kernel's request for the device back (VFIO's device request
+    /// interrupt): it fires when the function is being hot-unplugged, and
+    /// the removal waits until this process closes its device fds. `None`
+    /// if VFIO offers no request interrupt for the function.
+    pub fn removal_irq(&self) -> io::Result<Option<Irq>> {
+        if self.device.irq_info(vfio::REQ_IRQ)?.count == 0 {
+            return Ok(None);
+        }
+        let mut fds = self.enable_vectors(vfio::REQ_IRQ, "device request", 1)?;
+        Ok(fds.pop().map(Irq::msi))
+    }
+
     /// The function's DMA space (its own IOMMU domain).
     pub fn dma(&self) -> &Arc<DmaSpace> {
         &self.dma

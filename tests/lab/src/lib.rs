@@ -20,8 +20,8 @@ use serde_json::{json, Value};
 pub mod faults;
 
 pub use vm::{
-    e1000_args, image_dir, kernel_cmdline, machine_args, nic_pair_on_hub, virtio_blk_args,
-    virtio_net_args, workspace_root, BUILTINS_KEPT_OFF, LINUX_VIRTIO_PCI,
+    e1000_args, image_dir, kernel_cmdline, machine_args, nic_pair_on_hub, root_port_args,
+    virtio_blk_args, virtio_net_args, workspace_root, BUILTINS_KEPT_OFF, LINUX_VIRTIO_PCI,
 };
 
 pub type Result<T> = std::result::Result<T, String>;
@@ -136,6 +136,10 @@ pub struct Vm {
     console: Arc<ConsoleBuf>,
     agent: BufReader<UnixStream>,
     qmp: Option<BufReader<UnixStream>>,
+    /// QMP events read while waiting for replies, oldest first.
+    qmp_events: Vec<Value>,
+    /// A QMP line cut by a read timeout, completed by the next read.
+    qmp_partial: String,
     next_id: u64,
     pub dir: PathBuf,
     /// Seconds from QEMU's start to the ready banner, wall time.
@@ -321,6 +325,8 @@ impl Vm {
             // Placeholder until the agent is up; replaced below.
             agent: BufReader::new(UnixStream::pair().map_err(|e| e.to_string())?.0),
             qmp: None,
+            qmp_events: Vec::new(),
+            qmp_partial: String::new(),
             next_id: 1,
             dir,
             boot_wall: 0.0,
@@ -591,6 +597,58 @@ impl Vm {
         }
     }
 
+    /// Waits (bounded) for QMP event `name` whose `data` satisfies
+    /// `matches`, and takes it (with every event before it) off the queue.
+    pub fn wait_qmp_event(
+        &mut self,
+        name: &str,
+        matches: impl Fn(&Value) -> bool,
+        timeout: Duration,
+    ) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = self.qmp_events.iter().position(|e| {
+                e.get("event").and_then(Value::as_str) == Some(name)
+                    && matches(e.get("data").unwrap_or(&Value::Null))
+            });
+            if let Some(at) = found {
+                let event = self.qmp_events.remove(at);
+                self.qmp_events.drain(..at);
+                return Ok(event);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!("no QMP event {name} within {timeout:?}"));
+            }
+            let Some(qmp) = self.qmp.as_mut() else {
+                return Err("no QMP connection".into());
+            };
+            qmp.get_mut()
+                .set_read_timeout(Some(left.min(Duration::from_secs(1))))
+                .map_err(|e| e.to_string())?;
+            let mut line = std::mem::take(&mut self.qmp_partial);
+            match qmp.read_line(&mut line) {
+                Ok(0) => return Err("QMP connection closed".into()),
+                Ok(_) => {
+                    let v: Value = serde_json::from_str(line.trim())
+                        .map_err(|e| format!("QMP: {e}: {line}"))?;
+                    if v.get("event").is_some() {
+                        self.qmp_events.push(v);
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    self.qmp_partial = line;
+                }
+                Err(e) => return Err(format!("QMP read: {e}")),
+            }
+        }
+    }
+
     fn qmp_handshake(&mut self) -> Result<()> {
         self.qmp_read_reply()?; // greeting
         self.qmp("qmp_capabilities", json!({}))?;
@@ -605,7 +663,7 @@ impl Vm {
             .set_read_timeout(Some(Duration::from_secs(30)))
             .map_err(|e| e.to_string())?;
         loop {
-            let mut line = String::new();
+            let mut line = std::mem::take(&mut self.qmp_partial);
             match qmp.read_line(&mut line) {
                 Ok(0) => return Err("QMP connection closed".into()),
                 Ok(_) => {}
@@ -614,6 +672,7 @@ impl Vm {
             let v: Value =
                 serde_json::from_str(line.trim()).map_err(|e| format!("QMP: {e}: {line}"))?;
             if v.get("event").is_some() {
+                self.qmp_events.push(v);
                 continue;
             }
             return Ok(v);

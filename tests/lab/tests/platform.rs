@@ -188,8 +188,10 @@ fn ports_outside_the_grant_fault_and_reboot_resets() -> lab::Result<()> {
     const PROBE: &str = "portprobe@acpi-PNP0B00-0";
     let rule = "[[drivers]]\nname = \"lab port probe\"\nids = [\"PNP0B00\"]\n\
                 command = [\"portprobe\", \"0x6f\", \"0x78\", \"0x80\", \"0x64\"]\n";
+    // Not restarted: the probe's end is what the test waits for.
     let unit = "command = \"/bin/portprobe\"\ntype = \"simple\"\ntemplate = true\n\
-                spawned_by = [\"acpid\"]\ngrantable_ioports = [\"0x70-0x77\"]\nuser = \"rtcd\"\n";
+                spawned_by = [\"acpid\"]\ngrantable_ioports = [\"0x70-0x77\"]\nuser = \"rtcd\"\n\
+                restart = \"never\"\n";
     let cfg = Config::new("platform-probe")
         .file("/etc/acpid.d/00-portprobe.toml", rule.as_bytes(), 0o644)
         .file("/etc/init.d/portprobe.toml", unit.as_bytes(), 0o644);

@@ -82,6 +82,20 @@ pub fn virtio_net_args(id: &str, netdev: &str, addr: &str, mac: &str) -> Vec<Str
     ]
 }
 
+/// QEMU arguments for `count` empty PCIe root ports to hot-plug into,
+/// ids `rp1` … (`device_add …,bus=rp1`); the firmware gives port `n` bus
+/// `n`, so a device added there is `pci-0000-0n-00.0`.
+pub fn root_port_args(count: u32) -> Vec<String> {
+    (1..=count)
+        .flat_map(|n| {
+            [
+                "-device".to_owned(),
+                format!("pcie-root-port,id=rp{n},chassis={n},slot={n}"),
+            ]
+        })
+        .collect()
+}
+
 /// QEMU arguments for an e1000 at slot `e1000` and a virtio-net at slot
 /// `virtio` on one QEMU hub (`hub`): each hears every frame the other
 /// sends. Back ends `h{2·hub}`, `h{2·hub+1}`; MACs `52:54:00:12:34:SS`,

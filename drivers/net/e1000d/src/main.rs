@@ -38,6 +38,8 @@ fn run() -> io::Result<()> {
 
     let daemon = daemon::Daemon::from_env()?;
     let reg = daemon.register_scheme(&format!("network.{}_e1000", handle.name()))?;
+    // Hot-unplug: the kernel asks for the device back on this eventfd.
+    let removal = handle.removal_irq()?;
     common::sandbox::enter_sandbox()?;
     daemon.ready()?;
 
@@ -48,5 +50,6 @@ fn run() -> io::Result<()> {
             nic.on_irq();
             Ok(())
         })?
+        .on_removal(removal)?
         .run()
 }

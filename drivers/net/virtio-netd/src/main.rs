@@ -32,6 +32,8 @@ fn run() -> io::Result<()> {
 
     let daemon = daemon::Daemon::from_env()?;
     let reg = daemon.register_scheme(&format!("network.{}_virtio_net", handle.name()))?;
+    // Hot-unplug: the kernel asks for the device back on this eventfd.
+    let removal = handle.removal_irq()?;
     common::sandbox::enter_sandbox()?;
     daemon.ready()?;
 
@@ -57,5 +59,6 @@ fn run() -> io::Result<()> {
             |nic: &NetworkScheme<Nic>| nic.device().rx_backlog(),
             on_queue,
         )
+        .on_removal(removal)?
         .run()
 }

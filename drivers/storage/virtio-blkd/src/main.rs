@@ -56,6 +56,8 @@ fn run() -> io::Result<()> {
 
     let daemon = daemon::Daemon::from_env()?;
     let reg = daemon.register_scheme(&format!("disk.{}_virtio_blk", handle.name()))?;
+    // Hot-unplug: the kernel asks for the device back on this eventfd.
+    let removal = handle.removal_irq()?;
     common::sandbox::enter_sandbox()?;
     daemon.ready()?;
 
@@ -75,5 +77,6 @@ fn run() -> io::Result<()> {
                 None => Ok(()),
             }
         })?
+        .on_removal(removal)?
         .run()
 }

@@ -39,12 +39,9 @@ fn main() {
         "mon:stdio".into(),
         "-qmp".into(),
         format!("unix:{},server=on,wait=off", qmp.display()),
-        // Two empty root ports to hot-plug into (ids rp1, rp2).
-        "-device".into(),
-        "pcie-root-port,id=rp1,chassis=1,slot=1".into(),
-        "-device".into(),
-        "pcie-root-port,id=rp2,chassis=2,slot=2".into(),
     ]);
+    // Four empty root ports to hot-plug into (ids rp1 … rp4).
+    args.extend(vm::root_port_args(4));
     // The first disk, served by virtio-blkd as /scheme/disk.pci-0000-00-04.0_virtio_blk.
     args.extend(vm::virtio_blk_args("disk0", &disk, "04.0"));
     // Two NICs, each on its own QEMU user network (DHCP server and gateway
