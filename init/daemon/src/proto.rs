@@ -357,4 +357,178 @@ mod tests {
         assert!(Request::decode(&[0xff, 0xfe]).is_err());
         assert!(Reply::decode(b"err x y").is_err());
     }
+
+    mod hostile {
+        //! Random and damaged messages on the control channel: decoding
+        //! never panics, a bad message is an error that quotes it, and
+        //! valid messages round-trip. Deterministic (fixed seed, no failure
+        //! files); `PROPTEST_RNG_SEED` explores others.
+
+        use super::*;
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, RngSeed};
+
+        fn config(cases: u32) -> Config {
+            let env = Config::default();
+            Config {
+                cases,
+                rng_seed: if std::env::var_os("PROPTEST_RNG_SEED").is_some() {
+                    env.rng_seed
+                } else {
+                    RngSeed::Fixed(0xc0_47_01)
+                },
+                failure_persistence: None,
+                ..env
+            }
+        }
+
+        /// A word as the protocol allows one: printable ASCII, no space.
+        fn word() -> impl Strategy<Value = String> {
+            "[!-~]{1,12}"
+        }
+
+        fn ports() -> impl Strategy<Value = Vec<RangeInclusive<u16>>> {
+            prop::collection::vec(
+                (any::<u16>(), any::<u16>()).prop_map(|(a, b)| a.min(b)..=a.max(b)),
+                0..4,
+            )
+        }
+
+        fn request() -> impl Strategy<Value = Request> {
+            prop_oneof![
+                Just(Request::Ready),
+                any::<u64>().prop_map(Request::Pong),
+                (word(), any::<bool>()).prop_map(|(n, dir)| Request::Register(
+                    n,
+                    if dir { RootKind::Dir } else { RootKind::File }
+                )),
+                (word(), word(), prop::collection::vec(word(), 0..4), ports()).prop_map(
+                    |(unit, instance, args, ioports)| Request::Spawn {
+                        unit,
+                        instance,
+                        args,
+                        ioports,
+                    }
+                ),
+            ]
+        }
+
+        fn from_init() -> impl Strategy<Value = FromInit> {
+            prop_oneof![
+                Just(FromInit::Reply(Reply::Ok)),
+                Just(FromInit::Reply(Reply::Resumed)),
+                (any::<i32>(), ".{0,40}").prop_map(|(e, m)| FromInit::Reply(Reply::Err(e, m))),
+                any::<u64>().prop_map(|n| FromInit::Notice(Notice::Ping(n))),
+                (word(), word()).prop_map(|(unit, instance)| {
+                    FromInit::Notice(Notice::Respawn { unit, instance })
+                }),
+            ]
+        }
+
+        fn encode(m: &FromInit) -> Vec<u8> {
+            match m {
+                FromInit::Reply(r) => r.encode(),
+                FromInit::Notice(n) => n.encode(),
+            }
+        }
+
+        /// Damage: flip bits, cut, or splice in protocol-looking bytes.
+        fn damaged(base: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
+            let edits = prop::collection::vec(
+                (
+                    0..4u8,
+                    any::<usize>(),
+                    any::<u8>(),
+                    prop::sample::select(vec![" ", "  ", "-", ",", "0x", "\n", "\u{e9}", "\0"]),
+                ),
+                1..4,
+            );
+            edits.prop_map(move |edits| {
+                let mut b = base.clone();
+                for (kind, at, x, piece) in edits {
+                    let i = at % (b.len() + 1);
+                    match kind {
+                        0 if i < b.len() => b[i] ^= x | 1,
+                        1 => b.truncate(i),
+                        2 => {
+                            b.splice(i..i, piece.bytes());
+                        }
+                        _ => b.insert(i, x),
+                    }
+                }
+                b
+            })
+        }
+
+        proptest! {
+            #![proptest_config(config(512))]
+
+            #[test]
+            fn requests_round_trip(r in request()) {
+                prop_assert_eq!(Request::decode(&r.encode()), Ok(r));
+            }
+
+            #[test]
+            fn init_messages_round_trip(m in from_init()) {
+                prop_assert_eq!(FromInit::decode(&encode(&m)), Ok(m.clone()));
+                if let FromInit::Reply(r) = &m {
+                    prop_assert_eq!(Reply::decode(&r.encode()), Ok(r.clone()));
+                }
+            }
+
+            /// Whatever bytes arrive: an error naming the problem, or a
+            /// message that encodes to something decoding the same again.
+            #[test]
+            fn random_bytes_decode_to_an_error_or_a_stable_message(
+                bytes in prop_oneof![
+                    prop::collection::vec(any::<u8>(), 0..MAX_MESSAGE),
+                    ".{0,64}".prop_map(String::into_bytes),
+                ],
+            ) {
+                match Request::decode(&bytes) {
+                    Ok(r) => prop_assert_eq!(Request::decode(&r.encode()), Ok(r)),
+                    Err(e) => prop_assert!(!e.is_empty()),
+                }
+                match FromInit::decode(&bytes) {
+                    Ok(m) => prop_assert_eq!(FromInit::decode(&encode(&m)), Ok(m)),
+                    Err(e) => prop_assert!(!e.is_empty()),
+                }
+            }
+
+            #[test]
+            fn damaged_requests_decode_to_an_error_or_a_stable_message(
+                bytes in request().prop_flat_map(|r| damaged(r.encode())),
+            ) {
+                match Request::decode(&bytes) {
+                    Ok(r) => prop_assert_eq!(Request::decode(&r.encode()), Ok(r)),
+                    Err(e) => prop_assert!(!e.is_empty()),
+                }
+            }
+
+            #[test]
+            fn damaged_init_messages_decode_to_an_error_or_a_stable_message(
+                bytes in from_init().prop_flat_map(|m| damaged(encode(&m))),
+            ) {
+                match FromInit::decode(&bytes) {
+                    Ok(m) => prop_assert_eq!(FromInit::decode(&encode(&m)), Ok(m)),
+                    Err(e) => prop_assert!(!e.is_empty()),
+                }
+            }
+
+            /// The port grant format, on its own: ranges round-trip, any
+            /// text is a range, a grant, or an error.
+            #[test]
+            fn port_grants_round_trip_and_garbage_is_an_error(
+                g in ports(),
+                text in "[0-9a-fA-Fx, -]{0,24}",
+            ) {
+                let formatted = crate::ports::format_grant(&g);
+                prop_assert_eq!(crate::ports::parse_grant(&formatted), Ok(g));
+                if let Ok(r) = crate::ports::parse_range(&text) {
+                    prop_assert!(r.start() <= r.end());
+                }
+                let _ = crate::ports::parse_grant(&text);
+            }
+        }
+    }
 }

@@ -531,4 +531,89 @@ mod tests {
             assert_eq!(Control::parse(bad), None, "{bad:?}");
         }
     }
+
+    mod hostile {
+        //! What anyone with write access to `/scheme/init/control` may
+        //! send: random and damaged controls parse as a control or as
+        //! nothing, never a panic; valid ones round-trip. Fixed seed, no
+        //! failure files; `PROPTEST_RNG_SEED` explores others.
+
+        use super::*;
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, RngSeed};
+
+        fn config(cases: u32) -> Config {
+            let env = Config::default();
+            Config {
+                cases,
+                rng_seed: if std::env::var_os("PROPTEST_RNG_SEED").is_some() {
+                    env.rng_seed
+                } else {
+                    RngSeed::Fixed(0x1417)
+                },
+                failure_persistence: None,
+                ..env
+            }
+        }
+
+        /// How `/scheme/init/control` is written: `VERB NAME`.
+        fn format(c: &Control) -> String {
+            match c {
+                Control::Restart(n) => format!("restart {n}"),
+                Control::Stop(n) => format!("stop {n}"),
+                Control::Start(n) => format!("start {n}"),
+            }
+        }
+
+        fn control() -> impl Strategy<Value = Control> {
+            let name = "[!-~\u{e9}\u{4e00}]{1,24}";
+            prop_oneof![
+                name.prop_map(Control::Restart),
+                name.prop_map(Control::Stop),
+                name.prop_map(Control::Start),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(config(512))]
+
+            #[test]
+            fn controls_round_trip(c in control(), newline in any::<bool>()) {
+                let mut text = format(&c);
+                if newline {
+                    text.push('\n');
+                }
+                prop_assert_eq!(Control::parse(&text), Some(c));
+            }
+
+            #[test]
+            fn any_text_is_a_stable_control_or_none(
+                text in prop_oneof![
+                    ".{0,64}",
+                    "(restart|stop|start|kill)?[ \t\n]{0,2}[a-z@ \t]{0,12}",
+                ],
+            ) {
+                if let Some(c) = Control::parse(&text) {
+                    prop_assert_eq!(Control::parse(&format(&c)), Some(c));
+                }
+            }
+
+            #[test]
+            fn damaged_controls_are_a_stable_control_or_none(
+                c in control(),
+                cut in any::<usize>(),
+                insert in "[ \t\n\u{0}x]{0,3}",
+            ) {
+                let mut text = format(&c);
+                let mut at = cut % (text.len() + 1);
+                while !text.is_char_boundary(at) {
+                    at -= 1;
+                }
+                text.insert_str(at, &insert);
+                if let Some(parsed) = Control::parse(&text) {
+                    prop_assert_eq!(Control::parse(&format(&parsed)), Some(parsed));
+                }
+            }
+        }
+    }
 }

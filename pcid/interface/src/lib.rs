@@ -21,7 +21,9 @@ pub mod caps;
 pub mod channel;
 
 pub use caps::{parse_capabilities, Capability, MsixInfo};
-pub use channel::{recv_message, send_message, ChannelReply, ChannelRequest, MAX_MESSAGE};
+pub use channel::{
+    decode_message, recv_message, send_message, ChannelReply, ChannelRequest, MAX_MESSAGE,
+};
 
 /// Everything pcid tells a driver about its function.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

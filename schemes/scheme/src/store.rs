@@ -35,6 +35,13 @@ const HEAD: u64 = 4096;
 /// The log is compacted when it is this many times as long as its tables.
 const GROWTH: u64 = 4;
 const MIN_COMPACT: u64 = 64 * 1024;
+/// Longest log a reader accepts. Far above any real table (a line is some
+/// 40 bytes a handle or node), it bounds what a corrupt header can ask for.
+const MAX_LOG: u64 = 64 << 20;
+/// Node ids and `fh`s are counted up from 0 by the runtime and never come
+/// near this; a larger one is corruption (and would overflow the counter
+/// a new instance continues from).
+const MAX_ID: u64 = 1 << 62;
 
 /// One open handle as recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,14 +82,14 @@ impl Tables {
         match w.next()? {
             "init" => self.minor = Some(w.next()?.parse().ok()?),
             "node" => {
-                let id = w.next()?.parse().ok()?;
+                let id = id(w.next()?)?;
                 self.nodes.insert(id, unescape(w.next()?)?);
             }
             "forget" => {
                 self.nodes.remove(&w.next()?.parse().ok()?);
             }
             "open" => {
-                let fh = w.next()?.parse().ok()?;
+                let fh = id(w.next()?)?;
                 let rec = OpenRecord {
                     flags: w.next()?.parse().ok()?,
                     stream: w.next()? == "1",
@@ -100,7 +107,7 @@ impl Tables {
             }
             "poll" => {
                 let kh = w.next()?.parse().ok()?;
-                self.polls.insert(kh, w.next()?.parse().ok()?);
+                self.polls.insert(kh, id(w.next()?)?);
             }
             "unpoll" => {
                 self.polls.remove(&w.next()?.parse().ok()?);
@@ -108,6 +115,13 @@ impl Tables {
             _ => return None,
         }
         w.next().is_none().then_some(())
+    }
+
+    /// What the runtime's own records always satisfy: one node id per
+    /// path, and poll waiters only on open handles (a close drops them).
+    fn consistent(&self) -> bool {
+        let paths: std::collections::BTreeSet<&String> = self.nodes.values().collect();
+        paths.len() == self.nodes.len() && self.polls.values().all(|fh| self.opens.contains_key(fh))
     }
 
     fn render(&self) -> String {
@@ -126,6 +140,64 @@ impl Tables {
         }
         s
     }
+}
+
+/// Reads a store back: where its log starts, how long it is, and the
+/// tables it holds (`None`: no store was ever written here).
+fn read_log(fd: &OwnedFd) -> io::Result<Option<(u64, u64, Tables)>> {
+    let mut h = [0u8; HEADER as usize];
+    if rustix::io::pread(fd, &mut h, 0)? < h.len() {
+        return Ok(None);
+    }
+    let word = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+    let long = |i: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&h[i..i + 8]);
+        u64::from_le_bytes(b)
+    };
+    if word(0) != MAGIC {
+        return Ok(None);
+    }
+    if word(4) != VERSION {
+        return Err(io::Error::other(format!("store version {}", word(4))));
+    }
+    let (start, len) = (long(8), long(16));
+    // The header is believed only as far as the file goes: a corrupt
+    // length must not become an allocation of that size.
+    let file_size = u64::try_from(rustix::fs::fstat(fd)?.st_size).unwrap_or(0);
+    let fits = start >= HEADER && start.checked_add(len).is_some_and(|end| end <= file_size);
+    if !fits || len > MAX_LOG {
+        return Err(io::Error::other(format!(
+            "store header names {len} bytes at {start}, outside its {file_size}-byte file"
+        )));
+    }
+    let size = usize::try_from(len).map_err(|_| io::Error::other("store too long"))?;
+    let mut text = vec![0u8; size];
+    let mut got = 0;
+    while got < size {
+        match rustix::io::pread(fd, &mut text[got..], start + got as u64)? {
+            0 => return Err(io::Error::other("store shorter than its header says")),
+            n => got += n,
+        }
+    }
+    let text = String::from_utf8(text).map_err(|_| io::Error::other("store is not text"))?;
+    let mut tables = Tables::default();
+    for line in text.lines() {
+        if tables.apply(line).is_none() {
+            return Err(io::Error::other(format!("bad store line {line:?}")));
+        }
+    }
+    if !tables.consistent() {
+        return Err(io::Error::other(
+            "store names a path twice or polls a closed handle",
+        ));
+    }
+    Ok(Some((start, len, tables)))
+}
+
+/// A node id or `fh` as recorded: a number the runtime could have handed out.
+fn id(word: &str) -> Option<u64> {
+    word.parse().ok().filter(|&n| n <= MAX_ID)
 }
 
 fn open_line(fh: u64, o: &OpenRecord) -> String {
@@ -194,43 +266,10 @@ impl Store {
     }
 
     fn read_back(&self) -> io::Result<Option<(u64, u64, Tables)>> {
-        let Some(fd) = &self.file else {
-            return Ok(None);
-        };
-        let mut h = [0u8; HEADER as usize];
-        if rustix::io::pread(fd, &mut h, 0)? < h.len() {
-            return Ok(None);
+        match &self.file {
+            Some(fd) => read_log(fd),
+            None => Ok(None),
         }
-        let word = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
-        let long = |i: usize| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&h[i..i + 8]);
-            u64::from_le_bytes(b)
-        };
-        if word(0) != MAGIC {
-            return Ok(None);
-        }
-        if word(4) != VERSION {
-            return Err(io::Error::other(format!("store version {}", word(4))));
-        }
-        let (start, len) = (long(8), long(16));
-        let size = usize::try_from(len).map_err(|_| io::Error::other("store too long"))?;
-        let mut text = vec![0u8; size];
-        let mut got = 0;
-        while got < size {
-            match rustix::io::pread(fd, &mut text[got..], start + got as u64)? {
-                0 => return Err(io::Error::other("store shorter than its header says")),
-                n => got += n,
-            }
-        }
-        let text = String::from_utf8(text).map_err(|_| io::Error::other("store is not text"))?;
-        let mut tables = Tables::default();
-        for line in text.lines() {
-            if tables.apply(line).is_none() {
-                return Err(io::Error::other(format!("bad store line {line:?}")));
-            }
-        }
-        Ok(Some((start, len, tables)))
     }
 
     /// Records one change (in memory always; in the memfd when there is
@@ -428,6 +467,233 @@ mod tests {
         let mut s = Store::open(None);
         s.record(Change::Open(3, open("x")));
         assert_eq!(s.tables().opens.len(), 1);
+    }
+
+    /// A header that names more bytes than the file has (or an offset
+    /// that overflows) is refused before anything is allocated for it.
+    #[test]
+    fn a_header_past_the_file_is_refused_unallocated() {
+        let fd = memfd();
+        let mut s = Store::open(Some(fd.try_clone().unwrap()));
+        s.record(Change::Open(1, open("0")));
+        for (start, len) in [
+            (HEAD, 1 << 40),
+            (HEAD, u64::MAX),
+            (u64::MAX - 4, 16),
+            (0, 8),
+            (HEAD, s.len + 1),
+        ] {
+            let mut h = [0u8; HEADER as usize];
+            h[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+            h[4..8].copy_from_slice(&VERSION.to_le_bytes());
+            h[8..16].copy_from_slice(&start.to_le_bytes());
+            h[16..24].copy_from_slice(&len.to_le_bytes());
+            rustix::io::pwrite(&fd, &h, 0).unwrap();
+            let e = read_log(&fd).unwrap_err();
+            assert!(e.to_string().contains("outside its"), "{start}+{len}: {e}");
+        }
+    }
+
+    #[test]
+    fn ids_no_runtime_hands_out_are_refused() {
+        let mut t = Tables::default();
+        assert!(t.apply(&format!("open {} 0 0 0 0 0 x", u64::MAX)).is_none());
+        assert!(t.apply(&format!("node {} x", MAX_ID + 1)).is_none());
+        assert!(t
+            .apply(&format!("poll {} {}", u64::MAX, MAX_ID + 1))
+            .is_none());
+        // The kernel's poll handles are its own numbers: any is fine.
+        assert!(t.apply(&format!("open {MAX_ID} 0 0 0 0 0 x")).is_some());
+        assert!(t.apply(&format!("poll {} {MAX_ID}", u64::MAX)).is_some());
+        assert_eq!(t.next_fh(), Some(MAX_ID + 1));
+    }
+
+    mod hostile {
+        //! Random and damaged stores: each loads as an error, as nothing,
+        //! or as tables the runtime could have written; valid logs read
+        //! back whole. Deterministic (fixed seed, no failure files);
+        //! `PROPTEST_RNG_SEED` explores others.
+
+        use super::*;
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, RngSeed};
+
+        fn config(cases: u32) -> Config {
+            let env = Config::default();
+            Config {
+                cases,
+                rng_seed: if std::env::var_os("PROPTEST_RNG_SEED").is_some() {
+                    env.rng_seed
+                } else {
+                    RngSeed::Fixed(0x5703e)
+                },
+                failure_persistence: None,
+                ..env
+            }
+        }
+
+        /// A change the runtime could record, on small ids so that closes
+        /// and forgets meet earlier opens and nodes.
+        fn change() -> impl Strategy<Value = (u8, u64, u64, String)> {
+            (0..7u8, 0..8u64, 0..8u64, "[a-z% /\\n\\x00-\\x7f]{0,12}")
+        }
+
+        fn record(s: &mut Store, (kind, a, b, path): &(u8, u64, u64, String)) {
+            let change = match kind {
+                0 => Change::Init(*a as u32 + 20),
+                // One id per path, as the runtime's node map keeps it.
+                1 if !s.tables.nodes.values().any(|p| p == path) => Change::Node(*a + 2, path),
+                1 | 2 => Change::Forget(*a + 2),
+                3 => Change::Open(*a, open(path)),
+                4 => Change::Close(*a),
+                5 if s.tables.opens.contains_key(b) => Change::Poll { kh: *a, fh: *b },
+                _ => Change::Unpoll(*a),
+            };
+            s.record(change);
+        }
+
+        /// The bytes of a store after `changes`, and its tables.
+        fn written(changes: &[(u8, u64, u64, String)]) -> (Vec<u8>, Tables) {
+            let fd = memfd();
+            let mut s = Store::open(Some(fd.try_clone().unwrap()));
+            for c in changes {
+                record(&mut s, c);
+            }
+            let size = rustix::fs::fstat(&fd).unwrap().st_size as usize;
+            let mut bytes = vec![0u8; size];
+            assert_eq!(rustix::io::pread(&fd, &mut bytes, 0).unwrap(), size);
+            (bytes, s.tables.clone())
+        }
+
+        fn with_bytes(bytes: &[u8]) -> OwnedFd {
+            let fd = memfd();
+            let mut at = 0;
+            while at < bytes.len() {
+                at += rustix::io::pwrite(&fd, &bytes[at..], at as u64).unwrap();
+            }
+            fd
+        }
+
+        #[derive(Debug, Clone)]
+        enum Damage {
+            Flip(usize, u8),
+            Truncate(usize),
+            Extend(Vec<u8>),
+            /// Overwrite the header's start (8) or length (16).
+            Header(usize, u64),
+        }
+
+        fn damage() -> impl Strategy<Value = Damage> {
+            let absurd = prop_oneof![
+                any::<u64>(),
+                Just(u64::MAX),
+                Just(1 << 40),
+                0..8192u64,
+                Just(HEAD),
+            ];
+            prop_oneof![
+                (any::<usize>(), 1..=255u8).prop_map(|(at, x)| Damage::Flip(at, x)),
+                any::<usize>().prop_map(Damage::Truncate),
+                prop::collection::vec(any::<u8>(), 1..64).prop_map(Damage::Extend),
+                (prop::sample::select(vec![8usize, 16]), absurd)
+                    .prop_map(|(at, v)| Damage::Header(at, v)),
+            ]
+        }
+
+        fn apply(bytes: &mut Vec<u8>, d: &Damage) {
+            match d {
+                Damage::Flip(at, x) if !bytes.is_empty() => {
+                    let i = at % bytes.len();
+                    bytes[i] ^= x;
+                }
+                Damage::Flip(..) => {}
+                // Cut mostly in the header or the log, not the zero gap.
+                Damage::Truncate(n) => bytes.truncate(n % (bytes.len() + 1)),
+                Damage::Extend(more) => bytes.extend_from_slice(more),
+                Damage::Header(at, v) if bytes.len() >= 24 => {
+                    bytes[*at..*at + 8].copy_from_slice(&v.to_le_bytes());
+                }
+                Damage::Header(..) => {}
+            }
+        }
+
+        /// What any loaded table must be: what a runtime could have written.
+        fn plausible(t: &Tables) -> bool {
+            t.consistent()
+                && t.nodes.keys().chain(t.opens.keys()).all(|&id| id <= MAX_ID)
+                && t.polls.values().all(|&fh| fh <= MAX_ID)
+        }
+
+        proptest! {
+            #![proptest_config(config(256))]
+
+            #[test]
+            fn valid_logs_read_back_whole(changes in prop::collection::vec(change(), 0..64)) {
+                let (bytes, tables) = written(&changes);
+                let fd = with_bytes(&bytes);
+                let got = read_log(&fd).unwrap();
+                match got {
+                    None => prop_assert!(changes.is_empty() || tables == Tables::default()),
+                    Some((_, _, t)) => prop_assert_eq!(t, tables),
+                }
+            }
+
+            #[test]
+            fn damaged_stores_load_as_an_error_or_consistent_tables(
+                changes in prop::collection::vec(change(), 0..32),
+                damages in prop::collection::vec(damage(), 1..4),
+            ) {
+                let (mut bytes, _) = written(&changes);
+                for d in &damages {
+                    apply(&mut bytes, d);
+                }
+                let fd = with_bytes(&bytes);
+                if let Ok(Some((start, len, t))) = read_log(&fd) {
+                    prop_assert!(plausible(&t), "{:?}", t);
+                    prop_assert!(start.checked_add(len).is_some_and(|e| e <= bytes.len() as u64));
+                }
+                // A runtime starting from it keeps recording without harm.
+                let mut s = Store::open(Some(fd));
+                prop_assert!(plausible(s.tables()));
+                s.record(Change::Open(3, open("after")));
+                prop_assert!(s.tables().opens.contains_key(&3));
+            }
+
+            /// Logs made of the store's own words in random order and
+            /// number (duplicate paths, polls of closed handles, huge ids,
+            /// missing or extra fields), behind a right or a random header.
+            #[test]
+            fn random_logs_never_panic_the_reader(
+                lines in prop::collection::vec(
+                    prop::collection::vec(
+                        prop::sample::select(vec![
+                            "init", "node", "forget", "open", "close", "poll", "unpoll",
+                            "0", "1", "2", "7", "4611686018427387904", "18446744073709551615",
+                            "-1", "x", "%", "%2", "%zz", "a%20b", "",
+                        ]),
+                        0..9,
+                    ),
+                    0..24,
+                ),
+                header in prop::collection::vec(any::<u8>(), 24),
+                right_header in any::<bool>(),
+            ) {
+                let log: String = lines.iter().map(|l| l.join(" ") + "\n").collect();
+                let mut bytes = header;
+                if right_header {
+                    bytes[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+                    bytes[4..8].copy_from_slice(&VERSION.to_le_bytes());
+                    bytes[8..16].copy_from_slice(&HEAD.to_le_bytes());
+                    bytes[16..24].copy_from_slice(&(log.len() as u64).to_le_bytes());
+                }
+                bytes.resize(HEAD as usize, 0);
+                bytes.extend_from_slice(log.as_bytes());
+                let fd = with_bytes(&bytes);
+                if let Ok(Some((_, _, t))) = read_log(&fd) {
+                    prop_assert!(plausible(&t), "{:?}", t);
+                }
+            }
+        }
     }
 
     #[test]
