@@ -43,6 +43,16 @@ fn main() {
         eprintln!("init: must run as PID 1");
         std::process::exit(1);
     }
+    // init runs for the machine's life and makes and drops 1 MiB FUSE
+    // buffers (a stand-in per detached or failed scheme). glibc would
+    // raise its mmap threshold after the first such free and then keep
+    // them in the heap, which only grows: a fixed threshold keeps every
+    // large buffer an mmap, returned to the kernel when dropped.
+    // SAFETY: mallopt only sets an allocator parameter; called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
     system::mount_filesystems();
     console::open_init_log();
     let cmdline = system::kernel_cmdline();

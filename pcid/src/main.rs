@@ -6,6 +6,9 @@ use std::io;
 use std::path::Path;
 use std::process::ExitCode;
 
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
 use pcid::pci_scheme::PciScheme;
 use pcid::rules::{load_rules, parse_ignore};
 use pcid::service::{Pcid, System};
@@ -18,6 +21,11 @@ fn main() -> ExitCode {
 }
 
 fn run() -> io::Result<()> {
+    // SIGHUP reloads the rules: read from a signalfd in the loop, so it is
+    // blocked before anything else runs.
+    let mut hup = SigSet::empty();
+    hup.add(Signal::SIGHUP);
+    hup.thread_block().map_err(io::Error::from)?;
     let daemon = daemon::Daemon::from_env()?;
     let fuse = daemon.register("pci", RootKind::Dir)?;
 
@@ -44,6 +52,9 @@ fn run() -> io::Result<()> {
             pcid
         }
     };
+    let signals = SignalFd::with_flags(&hup, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(io::Error::from)?;
+    pcid = pcid.with_reload(signals, pcid::RULES_DIR.into())?;
     pcid.scan()?;
     log::info!("{} PCI functions", pcid.scheme().table().len());
     pcid.platform().daemon().ready()?;

@@ -142,6 +142,8 @@ const SERVER: u64 = 0;
 const CONTROL: u64 = u64::MAX;
 /// The kernel's uevents.
 const UEVENTS: u64 = u64::MAX - 1;
+/// `SIGHUP`: read the rules again.
+const RELOAD: u64 = u64::MAX - 2;
 
 /// pcid's end of one driver's channel.
 struct DriverChannel {
@@ -165,6 +167,8 @@ pub struct Pcid<P: Platform> {
     /// has already let it go.
     started: BTreeMap<PciAddress, (String, String)>,
     uevents: Option<OwnedFd>,
+    /// `SIGHUP`'s signalfd and the rules directory it reloads.
+    reload: Option<(nix::sys::signalfd::SignalFd, std::path::PathBuf)>,
 }
 
 impl<P: Platform> Pcid<P> {
@@ -189,7 +193,53 @@ impl<P: Platform> Pcid<P> {
             next_token: SERVER + 1,
             started: BTreeMap::new(),
             uevents: None,
+            reload: None,
         })
+    }
+
+    /// Reads the rules in `dir` again on each `SIGHUP` (`kill -HUP $(pidof
+    /// pcid)`): functions no rule matched get their driver if one matches
+    /// now; running drivers are left alone. The caller blocks `SIGHUP`.
+    pub fn with_reload(
+        mut self,
+        signals: nix::sys::signalfd::SignalFd,
+        dir: std::path::PathBuf,
+    ) -> io::Result<Pcid<P>> {
+        self.events.add(signals.as_fd(), RELOAD)?;
+        self.reload = Some((signals, dir));
+        Ok(self)
+    }
+
+    /// Reads the rules again and gives every unclaimed function the driver
+    /// a rule now names.
+    fn reload_rules(&mut self) {
+        let Some((signals, dir)) = self.reload.as_ref() else {
+            return;
+        };
+        // Drain the signalfd; one reload covers every signal queued.
+        while let Ok(Some(_)) = signals.read_signal() {}
+        let (rules, errors) = crate::rules::load_rules(dir);
+        for e in &errors {
+            log::error!("{e} (file skipped)");
+        }
+        log::info!(
+            "{} driver rules from {} (reloaded)",
+            rules.len(),
+            dir.display()
+        );
+        self.rules = rules;
+        let unclaimed: Vec<PciAddress> = self
+            .server
+            .scheme()
+            .table()
+            .iter()
+            .filter(|f| f.owner.is_none() && !self.started.contains_key(&f.address))
+            .map(|f| f.address)
+            .collect();
+        for a in unclaimed {
+            self.consider(a);
+        }
+        self.server.wake();
     }
 
     /// Follows the bus: on each PCI add or remove uevent on `fd`, rescans.
@@ -346,6 +396,8 @@ impl<P: Platform> Pcid<P> {
                 }
             } else if t == UEVENTS {
                 self.on_uevents();
+            } else if t == RELOAD {
+                self.reload_rules();
             } else {
                 self.on_channel(t);
                 channel_event = true;

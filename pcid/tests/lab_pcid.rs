@@ -28,6 +28,8 @@ type = "simple"
 template = true
 spawned_by = ["pcid"]
 user = "user"
+# Not restarted: the test kills it to see pcid release the function.
+restart = "never"
 "#;
 
 /// Records its arguments, passed fds and uid, then waits to be killed

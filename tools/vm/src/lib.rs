@@ -82,15 +82,20 @@ pub fn virtio_net_args(id: &str, netdev: &str, addr: &str, mac: &str) -> Vec<Str
     ]
 }
 
-/// QEMU arguments for `count` empty PCIe root ports to hot-plug into,
-/// ids `rp1` … (`device_add …,bus=rp1`); the firmware gives port `n` bus
-/// `n`, so a device added there is `pci-0000-0n-00.0`.
+/// QEMU arguments for `count` (at most 16) empty PCIe root ports to
+/// hot-plug into, ids `rp1` … (`device_add …,bus=rp1`), at slots 0x10 on,
+/// clear of the slots our devices are given (04.0 …). The firmware numbers
+/// buses in slot order, so port `n` gets bus `n` when no other bridge
+/// comes first, and a device added there is `pci-0000-0n-00.0`.
 pub fn root_port_args(count: u32) -> Vec<String> {
-    (1..=count)
+    (1..=count.min(16))
         .flat_map(|n| {
             [
                 "-device".to_owned(),
-                format!("pcie-root-port,id=rp{n},chassis={n},slot={n}"),
+                format!(
+                    "pcie-root-port,id=rp{n},chassis={n},slot={n},addr={:x}.0",
+                    0x10 + n - 1
+                ),
             ]
         })
         .collect()
