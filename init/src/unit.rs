@@ -628,21 +628,6 @@ memlock = "64M"
 
         use super::*;
         use proptest::prelude::*;
-        use proptest::test_runner::{Config, RngSeed};
-
-        fn config(cases: u32) -> Config {
-            let env = Config::default();
-            Config {
-                cases,
-                rng_seed: if std::env::var_os("PROPTEST_RNG_SEED").is_some() {
-                    env.rng_seed
-                } else {
-                    RngSeed::Fixed(0x0417)
-                },
-                failure_persistence: None,
-                ..env
-            }
-        }
 
         #[derive(Debug, Clone)]
         struct Keys {
@@ -715,7 +700,7 @@ memlock = "64M"
         }
 
         proptest! {
-            #![proptest_config(config(256))]
+            #![proptest_config(seeded::config(256, 0x0417))]
 
             #[test]
             fn valid_units_give_their_keys(k in keys()) {

@@ -546,21 +546,6 @@ mod tests {
 
         use super::*;
         use proptest::prelude::*;
-        use proptest::test_runner::{Config, RngSeed};
-
-        fn config(cases: u32) -> Config {
-            let env = Config::default();
-            Config {
-                cases,
-                rng_seed: if std::env::var_os("PROPTEST_RNG_SEED").is_some() {
-                    env.rng_seed
-                } else {
-                    RngSeed::Fixed(0xc0f1)
-                },
-                failure_persistence: None,
-                ..env
-            }
-        }
 
         /// What one generated rule says: its name, class and command.
         type RuleSpec = (Option<String>, Option<u8>, Vec<String>);
@@ -610,7 +595,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(config(256))]
+            #![proptest_config(seeded::config(256, 0xc0f1))]
 
             #[test]
             fn valid_rule_files_give_their_rules(file in rule_file()) {

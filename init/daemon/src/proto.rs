@@ -366,21 +366,6 @@ mod tests {
 
         use super::*;
         use proptest::prelude::*;
-        use proptest::test_runner::{Config, RngSeed};
-
-        fn config(cases: u32) -> Config {
-            let env = Config::default();
-            Config {
-                cases,
-                rng_seed: if std::env::var_os("PROPTEST_RNG_SEED").is_some() {
-                    env.rng_seed
-                } else {
-                    RngSeed::Fixed(0xc0_47_01)
-                },
-                failure_persistence: None,
-                ..env
-            }
-        }
 
         /// A word as the protocol allows one: printable ASCII, no space.
         fn word() -> impl Strategy<Value = String> {
@@ -461,7 +446,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(config(512))]
+            #![proptest_config(seeded::config(512, 0xc0_47_01))]
 
             #[test]
             fn requests_round_trip(r in request()) {

@@ -540,21 +540,6 @@ mod tests {
 
         use super::*;
         use proptest::prelude::*;
-        use proptest::test_runner::{Config, RngSeed};
-
-        fn config(cases: u32) -> Config {
-            let env = Config::default();
-            Config {
-                cases,
-                rng_seed: if std::env::var_os("PROPTEST_RNG_SEED").is_some() {
-                    env.rng_seed
-                } else {
-                    RngSeed::Fixed(0x1417)
-                },
-                failure_persistence: None,
-                ..env
-            }
-        }
 
         /// How `/scheme/init/control` is written: `VERB NAME`.
         fn format(c: &Control) -> String {
@@ -575,7 +560,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(config(512))]
+            #![proptest_config(seeded::config(512, 0x1417))]
 
             #[test]
             fn controls_round_trip(c in control(), newline in any::<bool>()) {

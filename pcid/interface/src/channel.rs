@@ -225,21 +225,6 @@ mod tests {
 
         use super::*;
         use proptest::prelude::*;
-        use proptest::test_runner::{Config, RngSeed};
-
-        fn config(cases: u32) -> Config {
-            let env = Config::default();
-            Config {
-                cases,
-                rng_seed: if std::env::var_os("PROPTEST_RNG_SEED").is_some() {
-                    env.rng_seed
-                } else {
-                    RngSeed::Fixed(0x9c1d)
-                },
-                failure_persistence: None,
-                ..env
-            }
-        }
 
         fn request() -> impl Strategy<Value = ChannelRequest> {
             prop_oneof![
@@ -353,7 +338,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(config(256))]
+            #![proptest_config(seeded::config(256, 0x9c1d))]
 
             #[test]
             fn valid_messages_round_trip(r in request(), a in reply()) {

@@ -516,21 +516,6 @@ mod tests {
 
         use super::*;
         use proptest::prelude::*;
-        use proptest::test_runner::{Config, RngSeed};
-
-        fn config(cases: u32) -> Config {
-            let env = Config::default();
-            Config {
-                cases,
-                rng_seed: if std::env::var_os("PROPTEST_RNG_SEED").is_some() {
-                    env.rng_seed
-                } else {
-                    RngSeed::Fixed(0x5703e)
-                },
-                failure_persistence: None,
-                ..env
-            }
-        }
 
         /// A change the runtime could record, on small ids so that closes
         /// and forgets meet earlier opens and nodes.
@@ -625,7 +610,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(config(256))]
+            #![proptest_config(seeded::config(256, 0x5703e))]
 
             #[test]
             fn valid_logs_read_back_whole(changes in prop::collection::vec(change(), 0..64)) {

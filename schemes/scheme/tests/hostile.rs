@@ -19,7 +19,6 @@ use std::os::fd::OwnedFd;
 use std::sync::Mutex;
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config as ProptestConfig, RngSeed};
 use rustix::io::Errno;
 use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
 use scheme::abi::*;
@@ -28,26 +27,6 @@ use scheme::{Handles, Status};
 use syscall::error::{Error, Result, EAGAIN, EBADF, EFBIG, ENOENT, ENOTTY};
 use syscall::flag::{MODE_DIR, MODE_FILE};
 use zerocopy::{FromBytes, IntoBytes};
-
-/// Deterministic by default (CI-safe); `PROPTEST_RNG_SEED` and
-/// `PROPTEST_CASES` override. No failure files.
-fn config(cases: u32) -> ProptestConfig {
-    let env = ProptestConfig::default();
-    ProptestConfig {
-        cases: if std::env::var_os("PROPTEST_CASES").is_some() {
-            env.cases
-        } else {
-            cases
-        },
-        rng_seed: if std::env::var_os("PROPTEST_RNG_SEED").is_some() {
-            env.rng_seed
-        } else {
-            RngSeed::Fixed(0x5eed_f05e)
-        },
-        failure_persistence: None,
-        ..env
-    }
-}
 
 /// The fd count is process-wide: the tests of this file take turns.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -677,7 +656,7 @@ fn input() -> impl Strategy<Value = Input> {
 }
 
 proptest! {
-    #![proptest_config(config(256))]
+    #![proptest_config(seeded::config(256, 0x5eed_f05e))]
 
     /// Sequences of damaged and random requests: nothing panics, every
     /// reply is well-formed and answers a request sent (at most once),
