@@ -24,8 +24,10 @@
 //! Stale …`). The access must fault in the IOMMU at X.
 //!
 //! The generator is seeded with `S` and the instance's start number
-//! (`INIT_START`, from init), so a campaign replays exactly and a restart
-//! does not repeat its predecessor's fault. Every fault is logged before it
+//! (`INIT_START`, from init), so each instance draws the same sequence on
+//! every run and a restart does not repeat its predecessor's fault; which
+//! request a draw lands on still depends on timing, so a campaign repeats
+//! its kinds and rates, not its exact schedule. Every fault is logged before it
 //! is done (`fault: injecting KIND at POINT`), so a campaign can count them.
 //! Off, every point costs one load of an initialised `OnceLock`.
 

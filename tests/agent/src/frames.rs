@@ -225,8 +225,16 @@ fn open_endpoint(target: &str) -> Endpoint {
             path.parent().map(|p| p.to_path_buf()).unwrap_or_default(),
         )
     };
-    let fd = open(&file, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
-        .unwrap_or_else(|e| fail(&format!("cannot open {}: {e}", file.display())));
+    // Non-blocking, and every wait a bounded poll: a read that poll found
+    // ready can still wait after a driver restart (the frame it was about
+    // to get was lost with the dead instance), and must not block past
+    // the timeout.
+    let fd = open(
+        &file,
+        OFlags::RDWR | OFlags::CLOEXEC | OFlags::NONBLOCK,
+        Mode::empty(),
+    )
+    .unwrap_or_else(|e| fail(&format!("cannot open {}: {e}", file.display())));
     let mac = std::fs::read_to_string(dir.join("mac"))
         .ok()
         .and_then(|s| parse_mac(&s))
@@ -283,14 +291,31 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(out)
 }
 
-/// Writes one frame (retrying after signals and, for a packet socket whose
-/// queue is full, after a short wait).
+/// How long a write may wait for room in the transmit ring.
+const SEND_BOUND: Duration = Duration::from_secs(10);
+
+/// Writes one frame (retrying after signals, waiting in `poll` while the
+/// transmit ring is full, and for a packet socket whose queue is full,
+/// after a short wait); `ETIMEDOUT` if there is no room within
+/// [`SEND_BOUND`].
 fn send_one(fd: &OwnedFd, frame: &[u8]) -> Result<(), Errno> {
+    let deadline = Instant::now() + SEND_BOUND;
     loop {
         match rustix::io::write(fd, frame) {
             Ok(_) => return Ok(()),
             Err(Errno::INTR) => continue,
             Err(Errno::NOBUFS) => std::thread::sleep(Duration::from_micros(200)),
+            Err(Errno::AGAIN) => {
+                if Instant::now() >= deadline {
+                    return Err(Errno::TIMEDOUT);
+                }
+                let ts = Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 100_000_000,
+                };
+                let mut fds = [PollFd::new(fd, PollFlags::OUT)];
+                let _ = poll(&mut fds, Some(&ts));
+            }
             Err(e) => return Err(e),
         }
     }

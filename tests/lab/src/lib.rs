@@ -223,8 +223,9 @@ const SILENT_MARK: &str = "QEMU's console stayed empty";
 /// any of our code ran. Seen under TCG with Debian 13's 6.12 kernel, once
 /// in about 130 boots here, on a loaded host: `Oops: int3` in `sched_clock_cpu` at
 /// a late initcall, the kernel hitting a breakpoint its own code patching
-/// had already removed (TCG running a stale translation). Retried once,
-/// reported, like a silent boot.
+/// had already removed (TCG running a stale translation). The same oops
+/// when the RNG becomes ready (`Vm::settle_rng`) counts too: both happen
+/// before the scenario begins. Retried once, reported, like a silent boot.
 const EARLY_PANIC_MARK: &str = "the kernel failed before the scenario began";
 
 impl Vm {
