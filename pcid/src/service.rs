@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::event::EventLoop;
 use common::vfio::{Container, Group};
@@ -144,6 +144,10 @@ const CONTROL: u64 = u64::MAX;
 const UEVENTS: u64 = u64::MAX - 1;
 /// `SIGHUP`: read the rules again.
 const RELOAD: u64 = u64::MAX - 2;
+/// A function the kernel has announced but not finished adding refuses
+/// `vfio-pci` for a moment: tried again this often, this many times.
+const BIND_RETRY: Duration = Duration::from_millis(100);
+const BIND_TRIES: u32 = 30;
 
 /// pcid's end of one driver's channel.
 struct DriverChannel {
@@ -169,6 +173,9 @@ pub struct Pcid<P: Platform> {
     uevents: Option<OwnedFd>,
     /// `SIGHUP`'s signalfd and the rules directory it reloads.
     reload: Option<(nix::sys::signalfd::SignalFd, std::path::PathBuf)>,
+    /// Functions to claim again at a time (`vfio-pci` did not bind yet),
+    /// with the tries so far.
+    retries: BTreeMap<PciAddress, (Instant, u32)>,
 }
 
 impl<P: Platform> Pcid<P> {
@@ -194,6 +201,7 @@ impl<P: Platform> Pcid<P> {
             started: BTreeMap::new(),
             uevents: None,
             reload: None,
+            retries: BTreeMap::new(),
         })
     }
 
@@ -319,12 +327,24 @@ impl<P: Platform> Pcid<P> {
             rule.driver.unit()
         );
         if let Err(e) = self.start_driver(a, &rule) {
+            if e.kind() == io::ErrorKind::WouldBlock {
+                // A function just hot-added may not take a driver yet.
+                let tries = self.retries.get(&a).map_or(0, |r| r.1) + 1;
+                if tries <= BIND_TRIES {
+                    log::info!("{}: {e}; trying again", function_name(a));
+                    self.retries.insert(a, (Instant::now() + BIND_RETRY, tries));
+                    return;
+                }
+            }
+            self.retries.remove(&a);
             log::error!(
                 "{}: cannot start {}: {e}",
                 function_name(a),
                 rule.driver.unit()
             );
+            return;
         }
+        self.retries.remove(&a);
     }
 
     fn start_driver(&mut self, a: PciAddress, rule: &Rule) -> io::Result<()> {
@@ -411,8 +431,48 @@ impl<P: Platform> Pcid<P> {
 
     /// Serves until `/scheme/pci` is unmounted.
     pub fn run(&mut self) -> io::Result<()> {
-        while self.poll_once(None)? == Status::Running {}
-        Ok(())
+        loop {
+            let next = self.retries.values().map(|r| r.0).min();
+            let timeout = next.map(|t| t.saturating_duration_since(Instant::now()));
+            if self.poll_once(timeout)? != Status::Running {
+                return Ok(());
+            }
+            self.retry_due();
+        }
+    }
+
+    /// Claims again the functions whose retry time has come (still there,
+    /// still unclaimed).
+    fn retry_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<PciAddress> = self
+            .retries
+            .iter()
+            .filter(|(_, r)| r.0 <= now)
+            .map(|(a, _)| *a)
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        // The table's view of a function read mid-add may be stale (BARs
+        // not assigned yet): read sysfs again first.
+        if let Err(e) = self.scan() {
+            log::error!("rescan: {e}");
+        }
+        for a in due {
+            let unclaimed = self
+                .server
+                .scheme()
+                .table()
+                .get(a)
+                .is_some_and(|f| f.owner.is_none());
+            if unclaimed {
+                self.consider(a);
+            } else {
+                self.retries.remove(&a);
+            }
+        }
+        self.server.wake();
     }
 
     /// What init asks of pcid: start a driver again (the supervisor's

@@ -139,9 +139,13 @@ impl Sysfs {
             Some(d) => Err(io::Error::other(format!(
                 "{addr}: bound to {d} instead of {VFIO_DRIVER}"
             ))),
-            None => Err(io::Error::other(format!(
-                "{addr}: {VFIO_DRIVER} did not bind (is the module loaded?)"
-            ))),
+            // Also while the kernel is still adding a hot-plugged function
+            // (its `add` uevent comes before drivers may match it): the
+            // caller may try again shortly.
+            None => Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("{addr}: {VFIO_DRIVER} did not bind (is the module loaded?)"),
+            )),
         }
     }
 }

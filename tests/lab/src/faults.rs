@@ -251,19 +251,9 @@ fn load(
         ),
         // Frames lost while a NIC's driver restarts are expected (and
         // counted by it); a damaged or duplicated frame never is.
-        |o| {
-            let Some(line) = o.lines().find(|l| l.starts_with("received ")) else {
-                return Verdict::Failed;
-            };
-            let words: Vec<&str> = line.split_whitespace().collect();
-            let field = |k: &str| {
-                words
-                    .iter()
-                    .position(|w| *w == k)
-                    .and_then(|i| words.get(i + 1))
-                    .and_then(|v| v.parse::<u64>().ok())
-            };
-            Verdict::from(field("bad") == Some(0) && field("dup") == Some(0))
+        |o| match crate::frames_summary(o, "received") {
+            Some(r) => Verdict::from(r.get("bad") == Some(&0) && r.get("dup") == Some(&0)),
+            None => Verdict::Failed,
         },
     )?;
     let want: String = format!("r{seed}")

@@ -757,6 +757,25 @@ fn spawn_console_reader(mut stream: UnixStream, console: Arc<ConsoleBuf>, log_pa
     });
 }
 
+/// The `frames` tool's summary line `VERB N KEY VALUE …` (`sent 300 bytes
+/// 60000 errors 0`, `received 300 bytes 60000 bad 0 lost 0 dup 0 …`) as
+/// numbers: `VERB` → N and each key → its value. `None` if `out` has no
+/// such line.
+pub fn frames_summary(out: &str, verb: &str) -> Option<std::collections::BTreeMap<String, u64>> {
+    let line = out.lines().find(|l| l.starts_with(&format!("{verb} ")))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let mut m = std::collections::BTreeMap::new();
+    m.insert(verb.to_owned(), words.get(1)?.parse().ok()?);
+    for kv in words.get(2..)?.chunks(2) {
+        if let [k, v] = kv {
+            if let Ok(n) = v.parse() {
+                m.insert((*k).to_owned(), n);
+            }
+        }
+    }
+    Some(m)
+}
+
 /// A deterministic pseudo-random byte stream (xorshift), for test data that
 /// the host and guest can both check.
 pub fn pattern(seed: u64, len: usize) -> Vec<u8> {

@@ -109,16 +109,9 @@ fn pci_matches_qemu(vm: &mut Vm, step: &str) -> lab::Result<()> {
     }
 }
 
-/// Hot-adds a virtio-blk with `image` as `id` into root port `port`;
-/// returns its disk scheme's name and how long until it served.
-fn add_disk(
-    vm: &mut Vm,
-    id: &str,
-    port: &str,
-    image: &std::path::Path,
-) -> lab::Result<(String, Duration)> {
-    let before = vm.ok("ls /scheme")?;
-    let t = Instant::now();
+/// QMP: `image` as block node `n<id>`, and a virtio-blk `id` on it in
+/// root port `port`.
+fn plug_disk(vm: &mut Vm, id: &str, port: &str, image: &std::path::Path) -> lab::Result<()> {
     vm.qmp(
         "blockdev-add",
         json!({"driver": "raw", "node-name": format!("n{id}"),
@@ -129,6 +122,20 @@ fn add_disk(
         json!({"driver": "virtio-blk-pci", "id": id, "drive": format!("n{id}"), "bus": port,
                "disable-legacy": "on", "iommu_platform": "on"}),
     )?;
+    Ok(())
+}
+
+/// Hot-adds a virtio-blk with `image` as `id` into root port `port`;
+/// returns its disk scheme's name and how long until it served.
+fn add_disk(
+    vm: &mut Vm,
+    id: &str,
+    port: &str,
+    image: &std::path::Path,
+) -> lab::Result<(String, Duration)> {
+    let before = vm.ok("ls /scheme")?;
+    let t = Instant::now();
+    plug_disk(vm, id, port, image)?;
     let found = vm.ok(&format!(
         "for i in $(seq {}); do for d in /scheme/disk.*; do \
            case \" {} \" in *\" ${{d#/scheme/}} \"*) ;; *) [ -e $d/0 ] && echo ${{d#/scheme/}} && exit 0;; esac; \
@@ -203,21 +210,30 @@ fn rss(vm: &mut Vm) -> lab::Result<(u64, u64)> {
     }
 }
 
-/// Open fds of pcid and init, and the number of user processes.
-fn census(vm: &mut Vm) -> lab::Result<(usize, usize, usize)> {
-    let out = vm.ok(
-        // Processes with a command line: kernel threads come and go.
-        "ls /proc/$(pidof pcid)/fd | wc -l; ls /proc/1/fd | wc -l; \
-         grep -l . /proc/[0-9]*/cmdline 2>/dev/null | wc -l",
-    )?;
-    let n: Vec<usize> = out
+/// Open fds of pcid and init, and the user processes by name (without the
+/// shell tools this very command runs).
+fn census(vm: &mut Vm) -> lab::Result<(usize, usize, Vec<String>)> {
+    let fds = vm.ok("ls /proc/$(pidof pcid)/fd | wc -l; ls /proc/1/fd | wc -l")?;
+    let n: Vec<usize> = fds
         .split_whitespace()
         .filter_map(|w| w.parse().ok())
         .collect();
-    match n.as_slice() {
-        [p, i, procs] => Ok((*p, *i, *procs)),
-        _ => Err(format!("census: {out:?}")),
-    }
+    let [pcid, init] = n.as_slice() else {
+        return Err(format!("census: {fds:?}"));
+    };
+    // Kernel threads have an empty command line.
+    let names = vm.ok(
+        "for p in /proc/[0-9]*; do [ -s $p/cmdline ] || [ -n \"$(head -c1 $p/cmdline 2>/dev/null)\" ] && cat $p/comm 2>/dev/null; done; true",
+    )?;
+    const TOOLS: [&str; 6] = ["sh", "head", "cat", "ls", "wc", "sleep"];
+    let mut procs: Vec<String> = names
+        .lines()
+        .map(str::trim)
+        .filter(|n| !n.is_empty() && !TOOLS.contains(n))
+        .map(str::to_owned)
+        .collect();
+    procs.sort();
+    Ok((*pcid, *init, procs))
 }
 
 fn disks(name: &str, native: bool, cycles: usize, with_nics: bool) -> lab::Result<()> {
@@ -294,16 +310,7 @@ fn disks(name: &str, native: bool, cycles: usize, with_nics: bool) -> lab::Resul
     pci_matches_qemu(&mut vm, "after synthetic uevents")?;
 
     // Removed while its driver is still starting.
-    vm.qmp(
-        "blockdev-add",
-        json!({"driver": "raw", "node-name": "nd1",
-               "file": {"driver": "file", "filename": image.display().to_string()}}),
-    )?;
-    vm.qmp(
-        "device_add",
-        json!({"driver": "virtio-blk-pci", "id": "d1", "drive": "nd1", "bus": "rp1",
-               "disable-legacy": "on", "iommu_platform": "on"}),
-    )?;
+    plug_disk(&mut vm, "d1", "rp1", &image)?;
     let took = remove(&mut vm, "d1", true)?;
     eprintln!(
         "{name}: device_del right after device_add: {:.2} s",
@@ -391,21 +398,11 @@ fn frames(vm: &mut Vm, from: &str, to: &str) -> lab::Result<()> {
         Duration::from_secs(300),
     )?;
     let text = out.stdout_str();
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("received "))
+    let r = lab::frames_summary(&text, "received")
         .ok_or_else(|| format!("{from} -> {to}: {text}{}", out.stderr_str()))?;
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let field = |k: &str| {
-        words
-            .iter()
-            .position(|w| *w == k)
-            .and_then(|i| words.get(i + 1))
-            .and_then(|v| v.parse::<u64>().ok())
-    };
-    assert_eq!(field("received"), Some(300), "{from} -> {to}: {text}");
+    assert_eq!(r.get("received"), Some(&300), "{from} -> {to}: {text}");
     for k in ["bad", "lost", "dup"] {
-        assert_eq!(field(k), Some(0), "{k}, {from} -> {to}: {text}");
+        assert_eq!(r.get(k), Some(&0), "{k}, {from} -> {to}: {text}");
     }
     assert!(out.success(), "{text}");
     Ok(())
@@ -471,16 +468,7 @@ fn rules_are_read_again_on_sighup() -> lab::Result<()> {
     // The image's virtio-blk rule, emptied for this boot.
     let mut vm =
         Vm::boot(config("hotplug-rules", false).file("/etc/pcid.d/virtio-blk.toml", b"", 0o644))?;
-    vm.qmp(
-        "blockdev-add",
-        json!({"driver": "raw", "node-name": "nd1",
-               "file": {"driver": "file", "filename": image.display().to_string()}}),
-    )?;
-    vm.qmp(
-        "device_add",
-        json!({"driver": "virtio-blk-pci", "id": "d1", "drive": "nd1", "bus": "rp1",
-               "disable-legacy": "on", "iommu_platform": "on"}),
-    )?;
+    plug_disk(&mut vm, "d1", "rp1", &image)?;
     const F: &str = "pci-0000-01-00.0";
     vm.ok(&format!(
         "for i in $(seq 300); do [ -e /scheme/pci/{F} ] && exit 0; sleep 0.1; done; exit 1"
