@@ -465,11 +465,11 @@ impl Services {
                 _ => Err((syscall::error::EINVAL, format!("{name} is not running"))),
             },
             (Control::Restart(_) | Control::Start(_), None) => match self.list[i].state {
-                State::Stopped
-                | State::Removed
-                | State::Failed(_)
-                | State::Exited
-                | State::Restarting(_) => {
+                State::Removed => Err((
+                    syscall::error::ENODEV,
+                    format!("{name}'s device is gone; it starts again when the device comes back"),
+                )),
+                State::Stopped | State::Failed(_) | State::Exited | State::Restarting(_) => {
                     say(&format!("{name}: started by hand"));
                     self.list[i].record.failures.clear();
                     self.list[i].record.start_failures = 0;
