@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::{pattern, Config, Vm};
+use crate::{md5_hex, pattern, Config, Vm};
 
 const DISK: &str = "/scheme/disk.pci-0000-00-04.0_virtio_blk/0";
 const E1000: &str = "/scheme/network.pci-0000-00-05.0_e1000";
@@ -142,14 +142,6 @@ fn next(state: &mut u64) -> u64 {
     *state ^= *state >> 7;
     *state ^= *state << 17;
     *state
-}
-
-fn md5_hex(data: &[u8]) -> String {
-    use md5::{Digest, Md5};
-    Md5::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// The unit file of `driver` from the image's tree, injecting faults.

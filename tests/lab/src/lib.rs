@@ -757,6 +757,15 @@ fn spawn_console_reader(mut stream: UnixStream, console: Arc<ConsoleBuf>, log_pa
     });
 }
 
+/// `data`'s md5 as lowercase hex, as `md5sum` prints it.
+pub fn md5_hex(data: &[u8]) -> String {
+    use md5::{Digest, Md5};
+    Md5::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// The `frames` tool's summary line `VERB N KEY VALUE …` (`sent 300 bytes
 /// 60000 errors 0`, `received 300 bytes 60000 bad 0 lost 0 dup 0 …`) as
 /// numbers: `VERB` → N and each key → its value. `None` if `out` has no

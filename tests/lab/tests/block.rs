@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use lab::md5_hex;
 use lab::{pattern, Config, Vm};
-use md5::{Digest, Md5};
 
 const DISK_A: &str = "/scheme/disk.pci-0000-00-04.0_virtio_blk";
 const DISK_B: &str = "/scheme/disk.pci-0000-00-05.0_virtio_blk";
@@ -25,13 +25,6 @@ fn scratch(name: &str) -> PathBuf {
     let dir = lab::workspace_root().join("target/lab");
     let _ = std::fs::create_dir_all(&dir);
     dir.join(name)
-}
-
-fn md5_hex(data: &[u8]) -> String {
-    Md5::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Disk B: a pattern, then a real GPT written by sgdisk (an independent

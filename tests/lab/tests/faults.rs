@@ -142,13 +142,7 @@ fn a_new_instance_has_a_reset_device_and_none_of_the_old_mappings() -> lab::Resu
     // And the new instance serves the disk.
     let sum =
         vm.ok("dd if=/scheme/disk.pci-0000-00-04.0_virtio_blk/0 bs=64k 2>/dev/null | md5sum")?;
-    let want: String = {
-        use md5::{Digest, Md5};
-        Md5::digest(&disk)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    };
+    let want = lab::md5_hex(&disk);
     assert_eq!(sum.split_whitespace().next(), Some(want.as_str()));
     vm.poweroff(Duration::from_secs(60))?;
     Ok(())

@@ -10,7 +10,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use lab::{Config, Vm};
-use md5::{Digest, Md5};
 
 const DISK: &str = "/scheme/disk.pci-0000-00-04.0_virtio_blk/0";
 const FILES: usize = 40;
@@ -85,10 +84,7 @@ fn a_file_system_survives_its_disk_driver_being_killed() -> lab::Result<()> {
             .arg(&path)
             .output()
             .map_err(|e| format!("cannot run debugfs: {e}"))?;
-        let got: String = Md5::digest(&cat.stdout)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let got = lab::md5_hex(&cat.stdout);
         assert_eq!(&got, sum, "{name} on the host");
         assert_eq!(cat.stdout.len(), 256 * 1024, "{name}");
     }

@@ -23,8 +23,8 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use lab::md5_hex;
 use lab::{pattern, Config, Vm};
-use md5::{Digest, Md5};
 use serde_json::{json, Value};
 
 /// From `device_add` to the scheme serving, and from `device_del` to
@@ -33,13 +33,6 @@ const BOUND: Duration = Duration::from_secs(45);
 const DISK_MIB: usize = 8;
 /// Add/remove cycles before memory is measured.
 const WARM_UP: usize = 5;
-
-fn md5_hex(data: &[u8]) -> String {
-    Md5::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 fn config(name: &str, native: bool) -> Config {
     // Two hub ports with no NIC yet, for the NICs to be hot-added.

@@ -27,8 +27,8 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use lab::md5_hex;
 use lab::{pattern, Config, Vm};
-use md5::{Digest, Md5};
 
 const E1000: &str = "network.pci-0000-00-05.0_e1000";
 const VIRTIO: &str = "network.pci-0000-00-06.0_virtio_net";
@@ -36,13 +36,6 @@ const SIZE: usize = 8 << 20;
 /// A guest address that guestfwd serves (in the user net, outside DHCP's
 /// range 10.0.2.15..).
 const FWD_ADDR: &str = "10.0.2.100";
-
-fn md5_hex(data: &[u8]) -> String {
-    Md5::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 /// What the server saw on one connection.
 struct Served {

@@ -17,8 +17,8 @@
 
 use std::time::Duration;
 
+use lab::md5_hex;
 use lab::{pattern, Config, Vm};
-use md5::{Digest, Md5};
 
 const DISK: &str = "/scheme/disk.pci-0000-00-04.0_virtio_blk";
 const BLKD: &str = "virtio-blkd@pci-0000-00-04.0";
@@ -26,13 +26,6 @@ const SIZE: usize = 16 << 20;
 /// From SIGSTOP to the kill: 3 missed heartbeats 1 s apart, checked each
 /// second, with room for TCG.
 const HANG_BOUND: Duration = Duration::from_secs(15);
-
-fn md5_hex(data: &[u8]) -> String {
-    Md5::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 /// One service's `/scheme/init/<name>` as key → value.
 fn service(vm: &mut Vm, name: &str) -> lab::Result<std::collections::BTreeMap<String, String>> {

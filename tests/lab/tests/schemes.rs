@@ -227,7 +227,5 @@ fn bad_inputs(vm: &mut Vm) -> lab::Result<()> {
 }
 
 fn md5_of_zeros(len: usize) -> String {
-    use md5::Digest;
-    let digest = md5::Md5::digest(vec![0u8; len]);
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    lab::md5_hex(&vec![0u8; len])
 }
