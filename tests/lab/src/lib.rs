@@ -621,32 +621,8 @@ impl Vm {
             if left.is_zero() {
                 return Err(format!("no QMP event {name} within {timeout:?}"));
             }
-            let Some(qmp) = self.qmp.as_mut() else {
-                return Err("no QMP connection".into());
-            };
-            qmp.get_mut()
-                .set_read_timeout(Some(left.min(Duration::from_secs(1))))
-                .map_err(|e| e.to_string())?;
-            let mut line = std::mem::take(&mut self.qmp_partial);
-            match qmp.read_line(&mut line) {
-                Ok(0) => return Err("QMP connection closed".into()),
-                Ok(_) => {
-                    let v: Value = serde_json::from_str(line.trim())
-                        .map_err(|e| format!("QMP: {e}: {line}"))?;
-                    if v.get("event").is_some() {
-                        self.qmp_events.push(v);
-                    }
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    self.qmp_partial = line;
-                }
-                Err(e) => return Err(format!("QMP read: {e}")),
-            }
+            // Replies are not expected here; events are queued by it.
+            let _ = self.qmp_next(left.min(Duration::from_secs(1)))?;
         }
     }
 
@@ -657,26 +633,50 @@ impl Vm {
     }
 
     fn qmp_read_reply(&mut self) -> Result<Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err("QMP: no reply within 30 s".into());
+            }
+            if let Some(v) = self.qmp_next(left)? {
+                return Ok(v);
+            }
+        }
+    }
+
+    /// Reads one QMP line, waiting at most `wait`: a reply is returned, an
+    /// event queued (`None`), and a line cut by the timeout kept for the
+    /// next read (`None`).
+    fn qmp_next(&mut self, wait: Duration) -> Result<Option<Value>> {
         let Some(qmp) = self.qmp.as_mut() else {
             return Err("no QMP connection".into());
         };
         qmp.get_mut()
-            .set_read_timeout(Some(Duration::from_secs(30)))
+            .set_read_timeout(Some(wait.max(Duration::from_millis(1))))
             .map_err(|e| e.to_string())?;
-        loop {
-            let mut line = std::mem::take(&mut self.qmp_partial);
-            match qmp.read_line(&mut line) {
-                Ok(0) => return Err("QMP connection closed".into()),
-                Ok(_) => {}
-                Err(e) => return Err(format!("QMP read: {e}")),
+        let mut line = std::mem::take(&mut self.qmp_partial);
+        match qmp.read_line(&mut line) {
+            Ok(0) => Err("QMP connection closed".into()),
+            Ok(_) => {
+                let v: Value =
+                    serde_json::from_str(line.trim()).map_err(|e| format!("QMP: {e}: {line}"))?;
+                if v.get("event").is_some() {
+                    self.qmp_events.push(v);
+                    return Ok(None);
+                }
+                Ok(Some(v))
             }
-            let v: Value =
-                serde_json::from_str(line.trim()).map_err(|e| format!("QMP: {e}: {line}"))?;
-            if v.get("event").is_some() {
-                self.qmp_events.push(v);
-                continue;
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                self.qmp_partial = line;
+                Ok(None)
             }
-            return Ok(v);
+            Err(e) => Err(format!("QMP read: {e}")),
         }
     }
 

@@ -8,7 +8,7 @@
 //! input, link loss), and both NICs on `dgram` netdevs on the host's
 //! loopback, where this test is the peer and compares frames byte for byte.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
@@ -98,26 +98,12 @@ fn delta(after: &HashMap<String, u64>, before: &HashMap<String, u64>, k: &str) -
 }
 
 /// The `key value` pairs of the output line starting with `verb`.
-fn summary(out: &str, verb: &str) -> HashMap<String, String> {
-    let line = out
-        .lines()
-        .find(|l| l.starts_with(&format!("{verb} ")))
-        .unwrap_or_else(|| panic!("no {verb:?} line in {out:?}"));
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let mut m = HashMap::new();
-    m.insert(verb.to_owned(), words[1].to_owned());
-    for kv in words[2..].chunks(2) {
-        if let [k, v] = kv {
-            m.insert((*k).to_owned(), (*v).to_owned());
-        }
-    }
-    m
+fn summary(out: &str, verb: &str) -> BTreeMap<String, u64> {
+    lab::frames_summary(out, verb).unwrap_or_else(|| panic!("no {verb:?} line in {out:?}"))
 }
 
-fn num(m: &HashMap<String, String>, k: &str) -> u64 {
-    m.get(k)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no number {k} in {m:?}"))
+fn num(m: &BTreeMap<String, u64>, k: &str) -> u64 {
+    *m.get(k).unwrap_or_else(|| panic!("no number {k} in {m:?}"))
 }
 
 /// `frames pair FROM TO`: all `count` frames arrive intact; the stats of
