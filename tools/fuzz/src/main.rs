@@ -23,7 +23,7 @@
 //! The last lines are the totals, for scripts:
 //!
 //! ```text
-//! fuzz: requests R procs P forks F seeds S hangs H crashes C wrong W stuck K errors E elapsed_ms T
+//! fuzz: requests R procs P forks F seeds S hangs H crashes C wrong W checked V stuck K errors E elapsed_ms T
 //! fuzz: errno ENAME N            (each errno seen, most frequent first)
 //! fuzz: scheme NAME requests N errors E
 //! fuzz: op NAME requests N errors E
@@ -361,10 +361,11 @@ fn summary(
     let crashes = crashes + sum(&|s| s.crashes.load(Relaxed));
     let wrong = sum(&|s| s.wrong.load(Relaxed));
     say(&format!(
-        "requests {requests} procs {} forks {} seeds {} hangs {hangs} crashes {crashes} wrong {wrong} stuck {stuck} errors {} elapsed_ms {}",
+        "requests {requests} procs {} forks {} seeds {} hangs {hangs} crashes {crashes} wrong {wrong} checked {} stuck {stuck} errors {} elapsed_ms {}",
         running.len(),
         sum(&|s| s.forks.load(Relaxed)),
         running.len(),
+        sum(&|s| s.checked.load(Relaxed)),
         sum(&|s| s.errors.load(Relaxed)),
         elapsed.as_millis()
     ));

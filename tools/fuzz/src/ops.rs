@@ -252,15 +252,19 @@ pub fn data(rng: &mut Rng, kind: Kind, buf: &mut [u8]) -> usize {
             }
         }
         Kind::Acpi => {
-            let n = rng.next_u64();
-            match rng.below(6) {
-                0 => String::new(),
-                1 => format!("{}", n % 100),
-                2 => format!("{:#x} {}", n, n % 7),
-                3 => "\"text\" 1".to_owned(),
-                4 => format!("{n} {n} {n} {n} {n} {n} {n} {n}"),
-                _ => "((((".to_owned(),
-            }
+            // Method arguments: up to seven (AML's most), mostly integers
+            // of every width, now and then a string or something that
+            // parses as neither.
+            let count = rng.below(8);
+            let args: Vec<String> = (0..count)
+                .map(|_| match rng.below(8) {
+                    0 => "\"text\"".to_owned(),
+                    1 => "((((".to_owned(),
+                    2 => format!("{:#x}", rng.next_u64()),
+                    _ => format!("{}", rng.below(16)),
+                })
+                .collect();
+            args.join(" ")
         }
         Kind::Init => {
             let words = [

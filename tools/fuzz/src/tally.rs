@@ -31,6 +31,8 @@ pub struct Slot {
     pub forks: AtomicU64,
     /// Forked children killed by a signal (a crash of the fuzzer).
     pub crashes: AtomicU64,
+    /// Reads whose bytes were checked ([`Slot::wrong`] those that differed).
+    pub checked: AtomicU64,
     /// Reads that returned other bytes than the file holds.
     pub wrong: AtomicU64,
     pub errno: [AtomicU64; ERRNOS],

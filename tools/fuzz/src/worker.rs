@@ -4,9 +4,14 @@
 //! Every call runs with an interval timer armed (`SIGALRM`, no
 //! `SA_RESTART`), so a call a scheme parks (an empty FIFO, a NIC with no
 //! frame) is interrupted and answered `EINTR` by the runtime: the worker
-//! never waits on purpose. A call answered later than the bound is a hang,
-//! reported with the worker's seed and the op's index; one never answered
-//! is found by the parent, which sees the op under way in shared memory.
+//! never waits on purpose. The timer is short for calls that may park (a
+//! read or write without `O_NONBLOCK`), and drawn short or as long as the
+//! bound for all others, which a scheme must answer at once: an interrupt
+//! ends a request the daemon has not read yet, so only such patient calls
+//! can show a daemon that stopped reading. A call answered later than the
+//! bound is a hang, reported with the worker's seed and the op's index;
+//! one never answered is found by the parent, which sees the op under way
+//! in shared memory.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -79,15 +84,28 @@ struct Clock {
     worker: usize,
     bound: Duration,
     alarm: Duration,
+    /// Whether the next call may be parked by its scheme.
+    may_park: bool,
 }
 
 impl Clock {
-    /// The timer for op `index`: mostly the configured one, sometimes
-    /// much shorter, so that interrupts reach requests at every stage
-    /// (queued, read by the daemon, parked, answered). Drawn from the seed
-    /// and the index, not from the worker's generator, so replays match.
+    /// This clock for a call that may (or may not) be parked.
+    fn parking(self, may_park: bool) -> Clock {
+        Clock { may_park, ..self }
+    }
+
+    /// The timer for op `index`: for a call that must not park, half the
+    /// time the bound itself (a patient call: a daemon that stops reading
+    /// shows as a late answer); otherwise mostly the configured one,
+    /// sometimes much shorter, so that interrupts reach requests at every
+    /// stage (queued, read by the daemon, parked, answered). Drawn from
+    /// the seed and the index, not from the worker's generator, so replays
+    /// match.
     fn alarm_for(self, index: usize) -> Duration {
         let mut r = Rng::new(self.seed ^ index as u64);
+        if !self.may_park && r.one_in(2) {
+            return self.bound;
+        }
         match r.below(4) {
             0 => Duration::from_millis(1 + r.below(20)),
             1 => Duration::from_millis(20 + r.below(200)),
@@ -134,6 +152,13 @@ fn write_data(rng: &mut Rng, kind: Kind, guard: Guard, buf: &mut [u8]) -> usize 
         scrub(&mut buf[..n]);
     }
     n
+}
+
+/// Whether `fd`'s file is in non-blocking mode (a call on it is never
+/// parked).
+fn nonblocking(fd: &OwnedFd) -> bool {
+    nix::fcntl::fcntl(fd, FcntlArg::F_GETFL)
+        .is_ok_and(|f| OFlag::from_bits_retain(f).contains(OFlag::O_NONBLOCK))
 }
 
 /// Sets (or reads) the extended attribute `user.fuzz` of `path`.
@@ -243,6 +268,7 @@ impl<'a> Worker<'a> {
                 worker,
                 bound: setup.bound,
                 alarm: setup.alarm,
+                may_park: false,
             },
             held: Vec::new(),
             buf: vec![0; MAX_IO],
@@ -403,10 +429,12 @@ impl<'a> Worker<'a> {
                     _ => at,
                 };
                 let buf = &mut self.buf[..n];
-                let got = clock.call(i, op, kind, &desc, || match at {
-                    Some(at) => nix::sys::uio::pread(fd, buf, at),
-                    None => nix::unistd::read(fd, buf),
-                });
+                let got = clock
+                    .parking(!nonblocking(fd))
+                    .call(i, op, kind, &desc, || match at {
+                        Some(at) => nix::sys::uio::pread(fd, buf, at),
+                        None => nix::unistd::read(fd, buf),
+                    });
                 if let Ok(got) = got {
                     self.check(i, &desc, expect, pos, got);
                 }
@@ -417,10 +445,12 @@ impl<'a> Worker<'a> {
                 let desc = format!("{name} {n} at {at:?}");
                 let fd = &self.held[h].fd;
                 let buf = &self.buf[..n];
-                let _ = clock.call(i, op, kind, &desc, || match at {
-                    Some(at) => nix::sys::uio::pwrite(fd, buf, at),
-                    None => nix::unistd::write(fd, buf),
-                });
+                let _ = clock
+                    .parking(!nonblocking(fd))
+                    .call(i, op, kind, &desc, || match at {
+                        Some(at) => nix::sys::uio::pwrite(fd, buf, at),
+                        None => nix::unistd::write(fd, buf),
+                    });
             }
             Op::Ioctl => self.ioctl(i, h, &name),
             Op::Poll => self.poll(i, h, &name),
@@ -524,7 +554,7 @@ impl<'a> Worker<'a> {
                 let n = ops::size(&mut self.rng);
                 let desc = format!("{name} {n} to fd {}", dest.fd.as_raw_fd());
                 let (src, dst) = (&self.held[h].fd, &dest.fd);
-                let _ = clock.call(i, op, kind, &desc, || {
+                let _ = clock.parking(true).call(i, op, kind, &desc, || {
                     nix::sys::sendfile::sendfile(dst, src, None, n)
                 });
             }
@@ -549,6 +579,9 @@ impl<'a> Worker<'a> {
                     .map(|p| format!("byte {p} of {got} read at {pos} differs from the disk"))
             }),
         };
+        if expect != Expect::Unknown {
+            self.clock.slot.checked.fetch_add(1, Relaxed);
+        }
         if let Some(why) = wrong {
             self.clock.slot.wrong.fetch_add(1, Relaxed);
             say(&format!(
