@@ -18,10 +18,13 @@
 //! tell one from a hang-up, and a driver that hangs up only loses its own
 //! channel.
 //!
-//! Usage: `hostile-peer --seed S --packets N --go PATH --stop PATH`.
+//! Last it writes `--output N` bytes of lines to its stdout, fast, as a
+//! daemon gone mad would.
+//!
+//! Usage: `hostile-peer --seed S --packets N [--output BYTES] --go PATH --stop PATH`.
 
 use std::collections::BTreeMap;
-use std::io::IoSlice;
+use std::io::{IoSlice, Write};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
@@ -357,6 +360,22 @@ fn main() -> ExitCode {
             i.vendor, i.device, i.address
         ),
         other => println!("hostile: pcid did not answer Info after the attack: {other:?}"),
+    }
+    // Output init must forward without stalling or filling memory.
+    let flood = arg(&args, "--output")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0usize);
+    if flood > 0 {
+        println!("hostile: writing {flood} bytes of output");
+        let mut out = std::io::stdout().lock();
+        let line = format!("flood {}\n", "x".repeat(94));
+        for _ in 0..flood / line.len() {
+            if out.write_all(line.as_bytes()).is_err() {
+                break;
+            }
+        }
+        let _ = out.flush();
+        drop(out);
     }
     println!("hostile: done; waiting for {stop}");
     if !wait_for(&stop) {

@@ -9,7 +9,9 @@
 //! has its pid and no restart or hang (a flooded init still ran every
 //! heartbeat), the disk serves the host file's bytes, pcid refused both
 //! config writes and still answers the peer's `Info`, and init's
-//! complaints about the peer were rate-limited on the console.
+//! complaints about the peer were rate-limited on the console. Last the
+//! peer floods its output: the console shows a bounded share of it and
+//! its log keeps two generations of at most 1 MiB.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -63,7 +65,7 @@ fn init_and_pcid_survive_a_hostile_driver() -> lab::Result<()> {
     let disk = pattern(23, 4 << 20);
     std::fs::write(&path, &disk).map_err(|e| e.to_string())?;
     let rule = "[[drivers]]\nname = \"lab hostile peer\"\nids = { 0x1b36 = [0x0005] }\n\
-                command = [\"hostile-peer\", \"--seed\", \"5\", \"--packets\", \"3000\", \
+                command = [\"hostile-peer\", \"--seed\", \"5\", \"--packets\", \"3000\", \"--output\", \"1600000\", \
                 \"--go\", \"/tmp/peer-go\", \"--stop\", \"/tmp/peer-stop\"]\n";
     // An ordinary user's process, as a compromised driver's would be.
     let unit = "command = \"/bin/hostile-peer\"\ntype = \"simple\"\ntemplate = true\n\
@@ -86,14 +88,29 @@ fn init_and_pcid_survive_a_hostile_driver() -> lab::Result<()> {
     let mark = vm.console().len();
 
     vm.ok("touch /tmp/peer-go")?;
+    // The peer's log rotated once under its output flood: its first lines
+    // are in the older generation.
     let out = vm.sh_timeout(
         &format!(
-            "for i in $(seq 3000); do grep -q 'hostile: done' /var/log/{PEER}.log 2>/dev/null && break; sleep 0.1; done; cat /var/log/{PEER}.log"
+            "for i in $(seq 3000); do grep -q 'hostile: done' /var/log/{PEER}.log 2>/dev/null && break; sleep 0.1; done; \
+             cat /var/log/{PEER}.log.1 /var/log/{PEER}.log | grep -v '^flood '"
         ),
         Duration::from_secs(400),
     )?;
     let log = out.stdout_str();
     println!("{log}");
+    let sizes = vm.ok(&format!(
+        "wc -c < /var/log/{PEER}.log.1; wc -c < /var/log/{PEER}.log"
+    ))?;
+    let sizes: Vec<u64> = sizes
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    println!("the peer's log generations: {sizes:?} bytes");
+    assert!(
+        sizes.len() == 2 && sizes.iter().all(|&n| n <= 1 << 20) && sizes[0] > 512 << 10,
+        "log generations {sizes:?}"
+    );
     assert!(
         log.contains("hostile: done"),
         "the attack never ended:\n{log}"
@@ -155,6 +172,12 @@ fn init_and_pcid_survive_a_hostile_driver() -> lab::Result<()> {
         Duration::from_secs(20),
     )
     .map_err(|e| format!("the complaints were not limited: {e}"))?;
+    vm.wait_console_after(
+        mark,
+        "more lines not shown on the console",
+        Duration::from_secs(20),
+    )
+    .map_err(|e| format!("the output flood was not limited: {e}"))?;
     let console = vm.console()[mark..].to_owned();
     let complaints = console
         .lines()
