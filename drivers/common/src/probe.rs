@@ -277,7 +277,13 @@ impl Armed {
                 let envp: [*const libc::c_char; 1] = [std::ptr::null()];
                 sys(
                     libc::SYS_execve,
-                    [ptr(c"/bin/sh".as_ptr()), ptr(argv.as_ptr()), ptr(envp.as_ptr()), 0, 0],
+                    [
+                        ptr(c"/bin/sh".as_ptr()),
+                        ptr(argv.as_ptr()),
+                        ptr(envp.as_ptr()),
+                        0,
+                        0,
+                    ],
                 )
             }
             Probe::SocketInet => socket(libc::AF_INET, libc::SOCK_STREAM, 0),
@@ -321,7 +327,13 @@ impl Armed {
             Probe::MprotectExec => self.mmap(libc::PROT_READ | libc::PROT_WRITE).and_then(|a| {
                 let r = sys(
                     libc::SYS_mprotect,
-                    [a, 4096, libc::c_long::from(libc::PROT_READ | libc::PROT_EXEC), 0, 0],
+                    [
+                        a,
+                        4096,
+                        libc::c_long::from(libc::PROT_READ | libc::PROT_EXEC),
+                        0,
+                        0,
+                    ],
                 );
                 self.unmap(a);
                 r
@@ -370,7 +382,9 @@ impl Armed {
                 }),
         };
         match r {
-            Ok(v) => log::error!("probe: {name} SUCCEEDED (returned {v}): the sandbox let it through"),
+            Ok(v) => {
+                log::error!("probe: {name} SUCCEEDED (returned {v}): the sandbox let it through")
+            }
             Err(e) => log::info!("probe: {name} refused: {}", errno_name(e)),
         }
     }

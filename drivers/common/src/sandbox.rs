@@ -151,24 +151,21 @@ pub enum Arg {
     /// Argument `n` (flags) holds `AT_EMPTY_PATH`: a stat of a held fd,
     /// never of a path. Without it the call is a path lookup (`EACCES`).
     EmptyPath(u8),
-    /// An `ioctl` whose request (argument 1) is one of these.
-    Requests(&'static [u32]),
-    /// Argument 0 (the domain) is `AF_UNIX`: a `socketpair`, no network.
-    Unix,
+    /// Argument `n` (32 bits: an `ioctl` request, an `fcntl` command, a
+    /// socket domain) is one of these.
+    OneOf(u8, &'static [u32]),
 }
 
 impl Arg {
-    /// The condition as the documentation table shows it.
-    pub fn describe(&self) -> String {
+    /// Whether a call whose conditioned argument was `value` (the
+    /// protection, the flags, the request, the domain) passes: what the
+    /// filter encodes, for a tracer's records to be checked against.
+    pub fn admits(&self, value: u64) -> bool {
         match self {
-            Arg::Any => String::new(),
-            Arg::NoExec(_) => "without PROT_EXEC".to_owned(),
-            Arg::EmptyPath(_) => "AT_EMPTY_PATH only".to_owned(),
-            Arg::Requests(r) => {
-                let names: Vec<String> = r.iter().map(|&q| ioctl_name(q)).collect();
-                names.join(", ")
-            }
-            Arg::Unix => "AF_UNIX only".to_owned(),
+            Arg::Any => true,
+            Arg::NoExec(_) => value & PROT_EXEC == 0,
+            Arg::EmptyPath(_) => value & AT_EMPTY_PATH != 0,
+            Arg::OneOf(_, r) => r.iter().any(|&q| u64::from(q) == value & 0xffff_ffff),
         }
     }
 }
@@ -186,6 +183,32 @@ pub struct Call {
 impl Call {
     pub fn name(&self) -> &'static str {
         self.sys.trim_start_matches("SYS_")
+    }
+
+    /// The condition as the documentation table shows it.
+    pub fn condition(&self) -> String {
+        match self.arg {
+            Arg::Any => String::new(),
+            Arg::NoExec(_) => "without PROT_EXEC".to_owned(),
+            Arg::EmptyPath(_) => "AT_EMPTY_PATH only".to_owned(),
+            Arg::OneOf(_, values) => {
+                let names: Vec<String> = values.iter().map(|&v| self.value_name(v)).collect();
+                names.join(", ")
+            }
+        }
+    }
+
+    /// What a conditioned argument's value means for this call
+    /// (`VFIO_DEVICE_SET_IRQS`, `F_SETFL`, `AF_UNIX`).
+    pub fn value_name(&self, value: u32) -> String {
+        match (self.nr, value as i32) {
+            (libc::SYS_ioctl, _) => ioctl_name(value),
+            (libc::SYS_fcntl, libc::F_GETFL) => "F_GETFL".to_owned(),
+            (libc::SYS_fcntl, libc::F_SETFL) => "F_SETFL".to_owned(),
+            (libc::SYS_fcntl, libc::F_SETFD) => "F_SETFD".to_owned(),
+            (libc::SYS_socketpair, libc::AF_UNIX) => "AF_UNIX".to_owned(),
+            _ => format!("{value:#x}"),
+        }
     }
 }
 
@@ -259,34 +282,68 @@ const AT_EMPTY_PATH: u64 = libc::AT_EMPTY_PATH as u64;
 /// path.
 pub const BASE: &[Call] = &[
     call!(SYS_read, "FUSE requests, eventfd counts, signalfd"),
-    call!(SYS_write, "FUSE replies and notifications (FUSE_NOTIFY_RESEND)"),
+    call!(
+        SYS_write,
+        "FUSE replies and notifications (FUSE_NOTIFY_RESEND)"
+    ),
     call!(SYS_writev, "FUSE replies with data, log lines to init"),
     call!(SYS_pread64, "the state store, read back by a new instance"),
     call!(SYS_pwrite64, "the state store, one write per change"),
     call!(SYS_close, "handles and fds let go (rare: removal, restart)"),
-    call!(SYS_sendmsg, "init's control channel: ready, heartbeat answers"),
+    call!(
+        SYS_sendmsg,
+        "init's control channel: ready, heartbeat answers"
+    ),
     call!(SYS_recvmsg, "init's control channel: pings, replies"),
+    call!(
+        SYS_fcntl,
+        Arg::OneOf(1, &[libc::F_GETFL as u32, libc::F_SETFL as u32]),
+        "the runtime making the FUSE fd non-blocking, at start"
+    ),
     call!(SYS_mmap, Arg::NoExec(2), "large allocations (rare)"),
     call!(SYS_munmap, "large frees (rare)"),
     call!(SYS_mremap, "growing a large buffer (rare)"),
     call!(SYS_madvise, "the allocator returning memory (rare)"),
     call!(SYS_brk, "the allocator's heap"),
     call!(SYS_futex, "std's locks and once-cells"),
-    call!(SYS_clock_nanosleep, "std::thread::sleep in bounded polls (rare)"),
+    call!(
+        SYS_clock_nanosleep,
+        "std::thread::sleep in bounded polls (rare)"
+    ),
     call!(SYS_exit_group, "returning from main"),
     call!(SYS_exit, "a thread ending (rare)"),
-    call!(SYS_rt_sigreturn, "returning from std's SIGSEGV handler (rare)"),
+    call!(
+        SYS_rt_sigreturn,
+        "returning from std's SIGSEGV handler (rare)"
+    ),
     call!(SYS_rt_sigprocmask, "abort() (rare)"),
     call!(SYS_rt_sigaction, "abort() resetting SIGABRT (rare)"),
-    call!(SYS_sigaltstack, "std's signal stack, freed at thread exit (rare)"),
-    call!(SYS_tgkill, "abort()/raise() on itself; Landlock's scope stops others"),
+    call!(
+        SYS_sigaltstack,
+        "std's signal stack, freed at thread exit (rare)"
+    ),
+    call!(
+        SYS_tgkill,
+        "abort()/raise() on itself; Landlock's scope stops others"
+    ),
     call!(SYS_getpid, "abort()/raise() (rare)"),
     call!(SYS_gettid, "abort()/raise() (rare)"),
     call!(SYS_getrandom, "a HashMap's seed (rare)"),
-    call!(SYS_restart_syscall, "a wait interrupted by SIGSTOP/SIGCONT (rare)"),
+    call!(
+        SYS_restart_syscall,
+        "a wait interrupted by SIGSTOP/SIGCONT (rare)"
+    ),
     call!(SYS_fstat, "std's metadata of a held fd (rare)"),
-    call!(SYS_newfstatat, Arg::EmptyPath(3), "std's metadata of a held fd (rare)"),
-    call!(SYS_statx, Arg::EmptyPath(2), "std's metadata of a held fd (rare)"),
+    call!(
+        SYS_newfstatat,
+        Arg::EmptyPath(3),
+        "std's metadata of a held fd (rare)"
+    ),
+    call!(
+        SYS_statx,
+        Arg::EmptyPath(2),
+        "std's metadata of a held fd (rare)"
+    ),
 ];
 
 /// `common::DriverLoop` and pcid's loop: epoll.
@@ -382,8 +439,9 @@ pub const E1000D: Profile = Profile {
     daemon: "e1000d",
     extras: &[
         EPOLL_LOOP,
-        &[call!(SYS_ioctl,
-            Arg::Requests(&[vfio_ioctl::DEVICE_SET_IRQS]),
+        &[call!(
+            SYS_ioctl,
+            Arg::OneOf(1, &[vfio_ioctl::DEVICE_SET_IRQS]),
             "unmasking the INTx line after each interrupt"
         )],
     ],
@@ -406,25 +464,45 @@ pub const PCID: Profile = Profile {
     extras: &[
         EPOLL_LOOP,
         &[
-            call!(SYS_openat, "sysfs config and bind files, /dev/vfio, rules (Landlock-bound)"),
+            call!(
+                SYS_openat,
+                "sysfs config and bind files, rules (Landlock-bound)"
+            ),
+            call!(SYS_open, "rustix's open of /dev/vfio (Landlock-bound)"),
+            call!(SYS_sendto, "answers on the drivers' pcid channels"),
+            call!(SYS_ppoll, "a look, without waiting, at a driver's channel"),
+            call!(
+                SYS_fcntl,
+                Arg::OneOf(1, &[libc::F_SETFD as u32]),
+                "a new VFIO device fd made close-on-exec"
+            ),
             call!(SYS_readlink, "sysfs driver and iommu_group links"),
-            call!(SYS_getdents64, "listing /sys/bus/pci/devices and /etc/pcid.d"),
+            call!(
+                SYS_getdents64,
+                "listing /sys/bus/pci/devices and /etc/pcid.d"
+            ),
             call!(SYS_lseek, "std's fs::read of a sysfs file (rare)"),
             call!(SYS_recvfrom, "kernel uevents on the netlink socket"),
-            call!(SYS_socketpair,
-                Arg::Unix,
+            call!(
+                SYS_socketpair,
+                Arg::OneOf(0, &[libc::AF_UNIX as u32]),
                 "the pcid channel handed to each new driver"
             ),
-            call!(SYS_fcntl, "making pcid's end of a new channel non-blocking"),
-            call!(SYS_ioctl,
-                Arg::Requests(&[
-                    vfio_ioctl::GET_API_VERSION,
-                    vfio_ioctl::CHECK_EXTENSION,
-                    vfio_ioctl::SET_IOMMU,
-                    vfio_ioctl::GROUP_GET_STATUS,
-                    vfio_ioctl::GROUP_SET_CONTAINER,
-                    vfio_ioctl::GROUP_GET_DEVICE_FD,
-                ]),
+            call!(
+                SYS_ioctl,
+                Arg::OneOf(
+                    1,
+                    &[
+                        vfio_ioctl::GET_API_VERSION,
+                        vfio_ioctl::CHECK_EXTENSION,
+                        vfio_ioctl::SET_IOMMU,
+                        vfio_ioctl::GROUP_GET_STATUS,
+                        vfio_ioctl::GROUP_SET_CONTAINER,
+                        vfio_ioctl::GROUP_GET_DEVICE_FD,
+                        vfio_ioctl::DEVICE_GET_INFO,
+                        vfio_ioctl::DEVICE_GET_REGION_INFO,
+                    ]
+                ),
                 "a fresh VFIO container and device fd per claim"
             ),
         ],
@@ -460,7 +538,8 @@ pub const ACPID: Profile = Profile {
     daemon: "acpid",
     extras: &[
         POLL_LOOP,
-        &[call!(SYS_openat,
+        &[call!(
+            SYS_openat,
             "AML PCI_Config: /scheme/pci/…/config (Landlock-bound)"
         )],
     ],
@@ -487,20 +566,28 @@ pub const KIT_PROBE: Profile = Profile {
         EPOLL_LOOP,
         &[
             call!(SYS_eventfd2, "an eventfd per interrupt vector"),
-            call!(SYS_ioctl,
-                Arg::Requests(&[
-                    vfio_ioctl::DEVICE_GET_INFO,
-                    vfio_ioctl::DEVICE_GET_REGION_INFO,
-                    vfio_ioctl::DEVICE_GET_IRQ_INFO,
-                    vfio_ioctl::DEVICE_SET_IRQS,
-                    vfio_ioctl::DEVICE_RESET,
-                    vfio_ioctl::IOMMU_GET_INFO,
-                    vfio_ioctl::IOMMU_MAP_DMA,
-                    vfio_ioctl::IOMMU_UNMAP_DMA,
-                ]),
+            call!(
+                SYS_ioctl,
+                Arg::OneOf(
+                    1,
+                    &[
+                        vfio_ioctl::DEVICE_GET_INFO,
+                        vfio_ioctl::DEVICE_GET_REGION_INFO,
+                        vfio_ioctl::DEVICE_GET_IRQ_INFO,
+                        vfio_ioctl::DEVICE_SET_IRQS,
+                        vfio_ioctl::DEVICE_RESET,
+                        vfio_ioctl::IOMMU_GET_INFO,
+                        vfio_ioctl::IOMMU_MAP_DMA,
+                        vfio_ioctl::IOMMU_UNMAP_DMA,
+                    ]
+                ),
                 "the whole device set-up"
             ),
-            call!(SYS_mprotect, Arg::NoExec(2), "never seen; harmless without PROT_EXEC"),
+            call!(
+                SYS_mprotect,
+                Arg::NoExec(2),
+                "never seen; harmless without PROT_EXEC"
+            ),
         ],
     ],
     files: &[],
@@ -573,23 +660,17 @@ fn build_filters(
                 SeccompCmpOp::MaskedEq(PROT_EXEC),
                 0,
             )?)?],
-            Arg::Requests(reqs) => reqs
+            Arg::OneOf(n, values) => values
                 .iter()
-                .map(|&q| {
+                .map(|&v| {
                     rule(cond(
-                        1,
+                        n,
                         SeccompCmpArgLen::Dword,
                         SeccompCmpOp::Eq,
-                        u64::from(q),
+                        v.into(),
                     )?)
                 })
                 .collect::<io::Result<_>>()?,
-            Arg::Unix => vec![rule(cond(
-                0,
-                SeccompCmpArgLen::Dword,
-                SeccompCmpOp::Eq,
-                libc::AF_UNIX as u64,
-            )?)?],
         };
         // A call listed twice is allowed if either listing allows it; an
         // empty rule list is unconditional.
@@ -640,7 +721,12 @@ fn expand(rule: &Beneath) -> io::Result<Vec<std::path::PathBuf>> {
     let p = std::path::Path::new(prefix_path);
     let (dir, prefix) = match (p.parent(), p.file_name()) {
         (Some(d), Some(f)) => (d, f.to_string_lossy().into_owned()),
-        _ => return Err(err(io::ErrorKind::InvalidInput, format!("bad rule {}", rule.path))),
+        _ => {
+            return Err(err(
+                io::ErrorKind::InvalidInput,
+                format!("bad rule {}", rule.path),
+            ))
+        }
     };
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir)? {
@@ -834,7 +920,12 @@ mod tests {
                 let (lookups, allow) = build_filters(p, log).unwrap();
                 assert!(!allow.is_empty(), "{}", p.daemon);
                 // seccomp refuses programs longer than 4096 instructions.
-                assert!(allow.len() < 4096, "{}: {} instructions", p.daemon, allow.len());
+                assert!(
+                    allow.len() < 4096,
+                    "{}: {} instructions",
+                    p.daemon,
+                    allow.len()
+                );
                 // Every profile refuses some lookup or stats only fds.
                 assert!(lookups.is_some(), "{}", p.daemon);
             }
@@ -874,7 +965,12 @@ mod tests {
         }
         for p in [&VIRTIO_BLKD, &VIRTIO_NETD, &E1000D, &RTCD] {
             assert!(p.files.is_empty(), "{}", p.daemon);
-            assert_eq!(p.denied_lookups().count(), PATH_LOOKUPS.len(), "{}", p.daemon);
+            assert_eq!(
+                p.denied_lookups().count(),
+                PATH_LOOKUPS.len(),
+                "{}",
+                p.daemon
+            );
         }
         // Only e1000d (INTx) and pcid (claims) may ioctl at all.
         let ioctl: Vec<&str> = PROFILES
@@ -893,10 +989,15 @@ mod tests {
             }
         }
         assert_eq!(ioctl_name(0x3b6e), "VFIO_DEVICE_SET_IRQS");
-        assert_eq!(
-            Arg::Requests(&[0x3b6e, 0x1234]).describe(),
-            "VFIO_DEVICE_SET_IRQS, 0x1234"
-        );
-        assert_eq!(Arg::NoExec(2).describe(), "without PROT_EXEC");
+        let ioctl = E1000D.calls().find(|c| c.nr == libc::SYS_ioctl).unwrap();
+        assert_eq!(ioctl.condition(), "VFIO_DEVICE_SET_IRQS");
+        assert!(ioctl.arg.admits(0x3b6e) && !ioctl.arg.admits(0x3b6f));
+        let fcntl = BASE.iter().find(|c| c.nr == libc::SYS_fcntl).unwrap();
+        assert_eq!(fcntl.condition(), "F_GETFL, F_SETFL");
+        let mmap = BASE.iter().find(|c| c.nr == libc::SYS_mmap).unwrap();
+        assert_eq!(mmap.condition(), "without PROT_EXEC");
+        assert!(mmap.arg.admits(3) && !mmap.arg.admits(5));
+        assert!(Arg::EmptyPath(3).admits(0x1000) && !Arg::EmptyPath(3).admits(0));
+        assert!(Arg::OneOf(0, &[1]).admits(1) && !Arg::OneOf(0, &[1]).admits(2));
     }
 }
