@@ -320,10 +320,9 @@ impl Armed {
                     [sib, ptr(&raw const local), 1, ptr(&raw const remote), 1],
                 )
             }
-            Probe::MmapExec => self.mmap(libc::PROT_READ | libc::PROT_EXEC).map(|a| {
-                self.unmap(a);
-                a
-            }),
+            Probe::MmapExec => self
+                .mmap(libc::PROT_READ | libc::PROT_EXEC)
+                .inspect(|&a| self.unmap(a)),
             Probe::MprotectExec => self.mmap(libc::PROT_READ | libc::PROT_WRITE).and_then(|a| {
                 let r = sys(
                     libc::SYS_mprotect,

@@ -26,11 +26,12 @@
 //!   the call), so an attempt cannot go unnoticed.
 //!
 //! The lists were generated, not guessed: the `sandbox` lab scenario runs
-//! every daemon under load with [`LOG_ENV`] set, which turns the kill into
-//! `SECCOMP_RET_LOG`, records each call through the guest kernel's
-//! `raw_syscalls:sys_enter` histogram, and fails if a daemon called
-//! anything outside its list. Calls it does not see are listed only for
-//! rare paths, named in their `why` (a panic, `abort`, a restart). The
+//! the daemons under load, most with [`LOG_ENV`] set (the kill becomes
+//! `SECCOMP_RET_LOG`: the kernel logs the call and lets it through),
+//! records each call through the guest kernel's `raw_syscalls:sys_enter`
+//! histogram, and fails if a daemon called anything outside its list or
+//! the kernel logged a seccomp event. Calls it does not see are listed for
+//! the paths their `why` names (exit, a panic, `abort`, a takeover). The
 //! table of which daemon may call what is in `docs/security.md` ("The
 //! sandbox").
 //!
@@ -282,12 +283,9 @@ const AT_EMPTY_PATH: u64 = libc::AT_EMPTY_PATH as u64;
 /// path.
 pub const BASE: &[Call] = &[
     call!(SYS_read, "FUSE requests, eventfd counts, signalfd"),
-    call!(
-        SYS_write,
-        "FUSE replies and notifications (FUSE_NOTIFY_RESEND)"
-    ),
+    call!(SYS_write, "FUSE replies; FUSE_NOTIFY_RESEND at a takeover"),
     call!(SYS_writev, "FUSE replies with data, log lines to init"),
-    call!(SYS_pread64, "the state store, read back by a new instance"),
+    call!(SYS_pread64, "the state store, read back at a takeover"),
     call!(SYS_pwrite64, "the state store, one write per change"),
     call!(SYS_close, "handles and fds let go (rare: removal, restart)"),
     call!(
@@ -310,7 +308,7 @@ pub const BASE: &[Call] = &[
         SYS_clock_nanosleep,
         "std::thread::sleep in bounded polls (rare)"
     ),
-    call!(SYS_exit_group, "returning from main"),
+    call!(SYS_exit_group, "returning from main (at exit)"),
     call!(SYS_exit, "a thread ending (rare)"),
     call!(
         SYS_rt_sigreturn,
@@ -564,8 +562,12 @@ pub const KIT_PROBE: Profile = Profile {
     daemon: "kit-probe",
     extras: &[
         EPOLL_LOOP,
+        POLL_LOOP,
         &[
             call!(SYS_eventfd2, "an eventfd per interrupt vector"),
+            call!(SYS_sendto, "the handle's requests on its channel"),
+            call!(SYS_recvfrom, "the channel's answers"),
+            call!(SYS_sched_yield, "waiting out a device reset"),
             call!(
                 SYS_ioctl,
                 Arg::OneOf(
