@@ -573,6 +573,8 @@ pub const KIT_PROBE: Profile = Profile {
                 Arg::OneOf(
                     1,
                     &[
+                        vfio_ioctl::GET_API_VERSION,
+                        vfio_ioctl::CHECK_EXTENSION,
                         vfio_ioctl::DEVICE_GET_INFO,
                         vfio_ioctl::DEVICE_GET_REGION_INFO,
                         vfio_ioctl::DEVICE_GET_IRQ_INFO,
