@@ -798,3 +798,18 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// The text of unit file `initfs/etc/init.d/<unit>.toml` with `vars` as its
+/// environment, for a boot's extra files (the shipped units have no `env`
+/// table of their own).
+pub fn unit_with_env(unit: &str, vars: &[(&str, &str)]) -> Result<Vec<u8>> {
+    let path = workspace_root().join(format!("initfs/etc/init.d/{unit}.toml"));
+    let mut text =
+        std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if text.lines().any(|l| l.starts_with("env")) {
+        return Err(format!("{}: has an env table already", path.display()));
+    }
+    let pairs: Vec<String> = vars.iter().map(|(k, v)| format!("{k} = {v:?}")).collect();
+    text.push_str(&format!("env = {{ {} }}\n", pairs.join(", ")));
+    Ok(text.into_bytes())
+}
