@@ -45,6 +45,19 @@ const VIRTIO: &str = "/scheme/network.pci-0000-00-06.0_virtio_net";
 const DISK_BYTES: usize = 4 << 20;
 const WAIT: Duration = Duration::from_secs(60);
 
+/// A boot whose `driver` runs with fault plan `plan` (its unit file from
+/// the image's tree, with `FAULT_INJECT` added).
+trait Injecting: Sized {
+    fn injecting(self, driver: &str, plan: &str) -> lab::Result<Self>;
+}
+
+impl Injecting for Config {
+    fn injecting(self, driver: &str, plan: &str) -> lab::Result<Config> {
+        let unit = unit_with_faults(driver, plan)?;
+        Ok(self.file(&format!("/etc/init.d/{driver}.toml"), &unit, 0o644))
+    }
+}
+
 /// One VM at a time on two cores.
 fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -127,16 +140,8 @@ fn a_device_write_into_another_drivers_page_is_stopped_by_the_iommu() -> lab::Re
             .args(lab::virtio_blk_args("a", &a, "04.0"))
             .args(lab::nic_pair_on_hub(0, "05.0", "06.0"))
             .args(lab::virtio_blk_args("b", &b, "07.0"))
-            .file(
-                "/etc/init.d/virtio-blkd.toml",
-                &unit_with_faults("virtio-blkd", "kinds=foreign,function=0000:00:04.0,start=0")?,
-                0o644,
-            )
-            .file(
-                "/etc/init.d/virtio-netd.toml",
-                &unit_with_faults("virtio-netd", "kinds=canary")?,
-                0o644,
-            ),
+            .injecting("virtio-blkd", "kinds=foreign,function=0000:00:04.0,start=0")?
+            .injecting("virtio-netd", "kinds=canary")?,
     )?;
     let console = vm.console();
     let canary = word_after(&console, "fault: canary page mapped at IOVA ")
@@ -218,11 +223,7 @@ fn a_device_write_into_another_processs_page_is_stopped_by_the_iommu() -> lab::R
     let mut vm = Vm::boot(
         Config::new("isolation-page")
             .args(lab::virtio_blk_args("a", &a, "04.0"))
-            .file(
-                "/etc/init.d/virtio-blkd.toml",
-                &unit_with_faults("virtio-blkd", plan)?,
-                0o644,
-            ),
+            .injecting("virtio-blkd", plan)?,
     )?;
     vm.ok("probe canary /tmp/canary-go 240 > /tmp/canary.out 2>&1 < /dev/null &")?;
     let out = vm.ok(
@@ -342,11 +343,7 @@ fn config_writes_move_no_bar_but_the_msix_table_reaches_the_device() -> lab::Res
         Config::new("isolation-config")
             .args(lab::virtio_blk_args("a", &a, "04.0"))
             .args(lab::nic_pair_on_hub(0, "05.0", "06.0"))
-            .file(
-                "/etc/init.d/virtio-netd.toml",
-                &unit_with_faults("virtio-netd", plan)?,
-                0o644,
-            ),
+            .injecting("virtio-netd", plan)?,
     )?;
     let pcid = vm.ok("pidof pcid")?;
     // The pcid channel has no write request; a made-up one is refused.

@@ -274,6 +274,14 @@ impl State {
         );
     }
 
+    fn command(&self) -> Option<u32> {
+        self.read(reg::COMMAND, 2).map(|c| c as u32)
+    }
+
+    fn write_command(&self, name: &str, value: u32) {
+        self.write(name, reg::COMMAND, 2, u64::from(value));
+    }
+
     /// The neighbour's address for our BAR `i`: its BAR `i` if that is
     /// memory, else its first memory BAR.
     fn target(&self, i: usize) -> u64 {
@@ -355,16 +363,10 @@ fn first_writes(s: &mut State) {
         s.write("MSI data", data, 2, u64::from(FORGED_MSI.1));
     }
     // The command register: what the driver needs is put back at once.
-    let Some(cmd) = s.read(reg::COMMAND, 2) else {
+    let Some(cmd) = s.command() else {
         return;
     };
-    let cmd = cmd as u32;
-    s.write(
-        "command, memory off",
-        reg::COMMAND,
-        2,
-        u64::from(cmd & !reg::CMD_MEMORY),
-    );
+    s.write_command("command, memory off", cmd & !reg::CMD_MEMORY);
     if let Some(bar) = probe_bar {
         let mut b = [0u8; 4];
         let index = BAR0_REGION + bar as u32;
@@ -377,14 +379,9 @@ fn first_writes(s: &mut State) {
             }
         }
     }
-    s.write("command, restored", reg::COMMAND, 2, u64::from(cmd));
-    s.write(
-        "command, INTx disable",
-        reg::COMMAND,
-        2,
-        u64::from(cmd | reg::CMD_INTX_DISABLE),
-    );
-    s.write("command, restored", reg::COMMAND, 2, u64::from(cmd));
+    s.write_command("command, restored", cmd);
+    s.write_command("command, INTx disable", cmd | reg::CMD_INTX_DISABLE);
+    s.write_command("command, restored", cmd);
 }
 
 /// MSI-X at capability offset `at`: its message control, then table
@@ -418,22 +415,10 @@ fn msix(s: &State, at: u64) -> Option<(u32, u64)> {
 }
 
 fn bus_master(s: &State) {
-    let Some(cmd) = s.read(reg::COMMAND, 2) else {
-        return;
-    };
-    let cmd = cmd as u32;
-    s.write(
-        "command, bus master off",
-        reg::COMMAND,
-        2,
-        u64::from(cmd & !reg::CMD_BUS_MASTER),
-    );
-    s.write(
-        "command, bus master on",
-        reg::COMMAND,
-        2,
-        u64::from(cmd | reg::CMD_BUS_MASTER),
-    );
+    if let Some(cmd) = s.command() {
+        s.write_command("command, bus master off", cmd & !reg::CMD_BUS_MASTER);
+        s.write_command("command, bus master on", cmd | reg::CMD_BUS_MASTER);
+    }
 }
 
 #[cfg(test)]
