@@ -526,7 +526,19 @@ impl Device {
             ));
         }
         dev.config = dev.region(CONFIG_REGION)?;
+        // Fault injection (`configwrite`) keeps its own handle on the device.
+        crate::fault::config::device_opened(&dev);
         Ok(dev)
+    }
+
+    /// A second handle on the same device (a duplicated fd).
+    pub(crate) fn try_clone(&self) -> io::Result<Device> {
+        let fd = rustix::io::fcntl_dupfd_cloexec(&self.fd, 0)
+            .map_err(|e| os_err("fcntl(F_DUPFD_CLOEXEC) of the VFIO device", e))?;
+        Ok(Device {
+            fd,
+            config: self.config,
+        })
     }
 
     pub fn info(&self) -> io::Result<DeviceInfo> {
@@ -637,6 +649,21 @@ impl Device {
             done += n;
         }
         Ok(())
+    }
+
+    /// Reads region `index` at `offset` through the fd (`pread`; for a BAR,
+    /// VFIO does the MMIO access, refusing it while memory decode is off).
+    pub fn read_region(&self, index: u32, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let r = self.region(index)?;
+        rustix::io::pread(&self.fd, buf, r.offset + offset)
+            .map_err(|e| os_err(&format!("read of region {index} at {offset:#x}"), e))
+    }
+
+    /// Writes region `index` at `offset` through the fd (`pwrite`).
+    pub fn write_region(&self, index: u32, offset: u64, buf: &[u8]) -> io::Result<usize> {
+        let r = self.region(index)?;
+        rustix::io::pwrite(&self.fd, buf, r.offset + offset)
+            .map_err(|e| os_err(&format!("write of region {index} at {offset:#x}"), e))
     }
 
     /// Maps BAR region `index` read-write.
