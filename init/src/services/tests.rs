@@ -35,19 +35,25 @@ fn table() -> Services {
     s
 }
 
+/// A control channel as init makes one: (init's end, the daemon's end),
+/// both non-blocking.
+fn control_pair() -> (OwnedFd, OwnedFd) {
+    socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )
+    .unwrap()
+}
+
 /// A port grant is asked for over the real control channel, as a
 /// daemon does; init refuses a requester not in `spawned_by` exactly
 /// as it refuses a plain `spawn`, and starts nothing.
 #[test]
 fn a_port_grant_from_a_stranger_is_refused() {
     let mut s = table();
-    let (init_end, daemon_end) = socketpair(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-        None,
-    )
-    .unwrap();
+    let (init_end, daemon_end) = control_pair();
     rustix::io::ioctl_fionbio(&daemon_end, false).unwrap();
     s.list[0].control = Some(init_end); // pcid asks for rtcd
     let asker = std::thread::spawn(move || {
@@ -181,13 +187,7 @@ fn stop_all_keeps_the_power_service_and_what_it_requires() {
 #[test]
 fn a_flood_of_bad_requests_is_read_in_shares_and_refused() {
     let mut s = table();
-    let (init_end, daemon_end) = socketpair(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-        None,
-    )
-    .unwrap();
+    let (init_end, daemon_end) = control_pair();
     s.list[1].control = Some(init_end); // acpid misbehaves
     let bad: [&[u8]; 6] = [
         b"\xff\xfe garbage",
