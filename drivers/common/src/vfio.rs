@@ -500,6 +500,10 @@ pub struct Device {
     fd: OwnedFd,
     /// The config region's place in the fd, looked up once.
     config: RegionInfo,
+    /// Every region's info, looked up when the fd is taken (before any
+    /// sandbox): later lookups need no ioctl, which drivers' seccomp lists
+    /// need not allow.
+    regions: Vec<RegionInfo>,
 }
 
 /// Size of the `vfio_irq_set` header before its `data[]` array.
@@ -517,6 +521,7 @@ impl Device {
                 size: 0,
                 offset: 0,
             },
+            regions: Vec::new(),
         };
         let info = dev.info()?;
         if !info.is_pci() {
@@ -526,6 +531,9 @@ impl Device {
             ));
         }
         dev.config = dev.region(CONFIG_REGION)?;
+        dev.regions = (0..info.num_regions)
+            .filter_map(|i| dev.region(i).ok())
+            .collect();
         // Fault injection (`configwrite`) keeps its own handle on the device.
         crate::fault::config::device_opened(&dev);
         Ok(dev)
@@ -538,6 +546,7 @@ impl Device {
         Ok(Device {
             fd,
             config: self.config,
+            regions: self.regions.clone(),
         })
     }
 
@@ -557,6 +566,9 @@ impl Device {
     }
 
     pub fn region(&self, index: u32) -> io::Result<RegionInfo> {
+        if let Some(r) = self.regions.iter().find(|r| r.index == index) {
+            return Ok(*r);
+        }
         let mut info = sys::vfio_region_info {
             argsz: argsz::<sys::vfio_region_info>(),
             index,
