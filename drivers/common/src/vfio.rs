@@ -530,10 +530,10 @@ impl Device {
                 format!("VFIO device is not PCI (flags {:#x})", info.flags),
             ));
         }
-        dev.config = dev.region(CONFIG_REGION)?;
         dev.regions = (0..info.num_regions)
             .filter_map(|i| dev.region(i).ok())
             .collect();
+        dev.config = dev.region(CONFIG_REGION)?;
         // Fault injection (`configwrite`) keeps its own handle on the device.
         crate::fault::config::device_opened(&dev);
         Ok(dev)
