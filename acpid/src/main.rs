@@ -87,6 +87,9 @@ fn run() -> io::Result<()> {
         grant,
         pci_root: "/scheme/pci".into(),
     });
+    // The AML worker thread starts now, and Landlock binds only the thread
+    // that asks and those it starts later: so the file rules come first.
+    common::sandbox::restrict_files(&common::sandbox::ACPID)?;
     let mut aml = AmlWorker::start(hw, &tables, AML_LOAD_TIMEOUT, AML_CALL_TIMEOUT);
     for e in &aml.report.errors {
         log::error!("AML: {e}");
@@ -133,6 +136,7 @@ fn run() -> io::Result<()> {
         }
     }
 
+    common::sandbox::enter_sandbox(&common::sandbox::ACPID)?;
     daemon.ready()?;
     server.run()
 }

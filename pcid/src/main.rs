@@ -57,6 +57,9 @@ fn run() -> io::Result<()> {
     pcid = pcid.with_reload(signals, pcid::RULES_DIR.into())?;
     pcid.scan()?;
     log::info!("{} PCI functions", pcid.scheme().table().len());
+    // From here on: the PCI bus in sysfs, /dev/vfio and the rules only
+    // (the uevent socket and the signalfd are open already).
+    common::sandbox::enter_sandbox(&common::sandbox::PCID)?;
     pcid.platform().daemon().ready()?;
     pcid.run()
 }

@@ -155,6 +155,10 @@ struct DriverChannel {
     socket: OwnedFd,
     unit: String,
     instance: String,
+    /// Replies the driver did not take (its socket was full): logged at
+    /// powers of two, so a driver that floods without reading cannot
+    /// flood pcid's log.
+    unsent: u64,
 }
 
 /// The daemon's state.
@@ -393,6 +397,7 @@ impl<P: Platform> Pcid<P> {
                 socket: ours,
                 unit: rule.driver.unit().to_owned(),
                 instance,
+                unsent: 0,
             },
         );
         Ok(())
@@ -582,6 +587,9 @@ impl<P: Platform> Pcid<P> {
             Err(e) => return self.hang_up(token, Some(e.into())),
         };
         let scheme = self.server.scheme();
+        let Some(ch) = self.drivers.get_mut(&token) else {
+            return;
+        };
         let reply = if len > channel::MAX_REQUEST {
             // The kernel cut it to our buffer; `len` is its real length.
             ChannelReply::Error(format!(
@@ -600,12 +608,16 @@ impl<P: Platform> Pcid<P> {
             &reply,
             SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
         ) {
-            log::warn!(
-                "{}: reply to {}@{} not sent: {e}",
-                function_name(ch.address),
-                ch.unit,
-                ch.instance
-            );
+            ch.unsent += 1;
+            if ch.unsent.is_power_of_two() {
+                log::warn!(
+                    "{}: reply to {}@{} not sent: {e} ({} so far)",
+                    function_name(ch.address),
+                    ch.unit,
+                    ch.instance,
+                    ch.unsent
+                );
+            }
         }
     }
 

@@ -241,3 +241,26 @@ fn channel_info_is_what_was_parsed() {
     ));
     assert!(matches!(info.bars[0].kind, pcid_interface::BarKind::Io));
 }
+
+/// The channel has no way to write config space (Redox's pcid takes
+/// `WriteConfig`; ours does not): a write request is refused by name and
+/// the config space is untouched.
+#[test]
+fn a_config_write_request_is_refused() {
+    let fake = FakeSysfs::with_fixtures("config-write");
+    let f = fixture_function(addr("0000:00:01.0"));
+    let config = || fake.sysfs().read_config_at(f.address, 0, 256).unwrap();
+    let before = config();
+    for request in [
+        &br#"{"ConfigWrite":{"offset":4,"data":[0,0]}}"#[..],
+        br#"{"WriteConfig":{"offset":16,"value":4276092928}}"#,
+    ] {
+        match pcid::channel::answer(&f, &fake.sysfs(), request) {
+            pcid_interface::ChannelReply::Error(msg) => {
+                assert!(msg.contains("unknown variant"), "{msg}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(config(), before);
+}

@@ -121,6 +121,15 @@ impl IovaAllocator {
         None
     }
 
+    /// Whether `iova` lies in a block handed out and not freed.
+    pub(crate) fn in_use(&self, iova: u64) -> bool {
+        let handed = self.ranges.iter().enumerate().any(|(i, &(start, end))| {
+            (start..end).contains(&iova)
+                && (i < self.range || (i == self.range && iova < self.next))
+        });
+        handed && !self.free.iter().any(|&(a, l)| (a..a + l).contains(&iova))
+    }
+
     /// Returns a block from [`IovaAllocator::alloc`].
     pub(crate) fn free(&mut self, iova: u64, len: u64) {
         let Some(len) = len.max(1).checked_next_multiple_of(self.align) else {
@@ -199,6 +208,12 @@ impl DmaSpace {
     /// there (fault injection's stale address).
     pub(crate) fn reserve_iova(&self, len: u64) -> Option<u64> {
         self.lock().alloc(len)
+    }
+
+    /// Whether `iova` is in use in this space (fault injection: an address
+    /// chosen to be foreign must not be one of ours).
+    pub(crate) fn is_allocated(&self, iova: u64) -> bool {
+        self.lock().in_use(iova)
     }
 
     /// The container (for callers that map memory themselves).
@@ -465,6 +480,20 @@ mod tests {
         a.free(b[0], P);
         a.free(b[1], 2 * P);
         assert_eq!(a.free, vec![(b[0], 4 * P)], "merged across both sides");
+    }
+
+    #[test]
+    fn in_use_is_what_was_handed_out_and_not_freed() {
+        let mut a = intel();
+        assert!(!a.in_use(P), "nothing handed out yet");
+        let x = a.alloc(2 * P).unwrap();
+        let y = a.alloc(P).unwrap();
+        assert!(a.in_use(x) && a.in_use(x + P + 5) && a.in_use(y));
+        assert!(!a.in_use(y + P), "past the bump pointer");
+        assert!(!a.in_use(0), "page 0 is never handed out");
+        a.free(x, 2 * P);
+        assert!(!a.in_use(x + P) && a.in_use(y));
+        assert!(!a.in_use(0x1_0000_0000), "another range, not reached yet");
     }
 
     #[test]

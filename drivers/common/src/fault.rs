@@ -1,10 +1,22 @@
-//! Fault injection: a daemon failing on purpose, at random points drawn
-//! from a seeded generator, so the supervisor's recovery can be tested
-//! against the faults MINIX's campaigns used (`make faults`).
+//! Fault injection: a daemon failing on purpose, so the supervisor's
+//! recovery and the isolation around a driver can be tested against the
+//! faults MINIX's campaigns used (`make faults`) and against a driver
+//! attacking its neighbours (`tests/lab/tests/isolation.rs`).
 //!
-//! Off unless the environment says `FAULT_INJECT=seed=S,rate=N,kinds=K+K…`
-//! at start: then each injection point fires with probability 1/N, and
-//! does one of the listed kinds:
+//! Off unless the environment says `FAULT_INJECT=KEY=VALUE,…` at start:
+//!
+//! | key | meaning |
+//! | --- | --- |
+//! | `kinds=K+K…` | the kinds below (required) |
+//! | `seed=S` | seeds the random draws (default 0) |
+//! | `rate=N` | one random point in N fires (required if a random kind is listed) |
+//! | `function=0000:00:04.0` | only the driver of this PCI function injects |
+//! | `start=N` | only the instance with this start number (`INIT_START`) injects |
+//! | `addr=0x…` or `addr=/path` | `foreign`'s target, or a file holding it (read at start) |
+//! | `neighbour=0000:00:06.0` | `configwrite`'s victim, whose BARs it writes into its own |
+//!
+//! Random kinds: each injection point fires with probability 1/N, and does
+//! one of the listed kinds:
 //!
 //! | kind | what the daemon does |
 //! | --- | --- |
@@ -14,14 +26,16 @@
 //! | `stop` | stops itself (SIGSTOP: hung, and the heartbeat finds it) |
 //! | `badlen` | hands the scheme a read result longer than was asked for |
 //! | `baddma` | programs its device with a DMA address it never mapped |
-//! | `stale` | see below: not drawn at random |
 //!
-//! `stale` proves that a dead instance's IOMMU mappings are gone from its
-//! successor's device. An instance with an even start number maps one
-//! page, the first IOVA of its space, and keeps it until it dies (`fault:
-//! canary page mapped at IOVA X`); one with an odd number leaves that IOVA
-//! unmapped and programs it into its first descriptor (`fault: injecting
-//! Stale …`). The access must fault in the IOMMU at X.
+//! Deliberate kinds, never drawn: they happen once, where the point is
+//! ([`dma`] and [`config`] say how):
+//!
+//! | kind | what the daemon does |
+//! | --- | --- |
+//! | `stale` | even start: keeps a canary page at its first IOVA; odd start: points its first descriptor at that IOVA, left unmapped |
+//! | `canary` | keeps a page of known bytes at its first IOVA and checks it about once a second (`intact` / `CHANGED`) |
+//! | `foreign` | once serving, sends one device-written buffer to its first IOVA, left unmapped (another driver's canary has that number in its own domain), or to `addr` |
+//! | `configwrite` | once serving, writes its BARs, ROM BAR, command register, capability pointers and MSI-X registers through VFIO, logging what VFIO reads back |
 //!
 //! The generator is seeded with `S` and the instance's start number
 //! (`INIT_START`, from init), so each instance draws the same sequence on
@@ -32,6 +46,11 @@
 //! Off, every point costs one load of an initialised `OnceLock`.
 
 use std::sync::{Mutex, OnceLock};
+
+pub mod config;
+pub mod dma;
+
+pub use dma::{dma_chain, dma_space_opened, watched_chain_returned, Rewrite};
 
 /// The environment variable that turns injection on.
 pub const ENV: &str = "FAULT_INJECT";
@@ -45,6 +64,9 @@ pub enum Kind {
     BadLen,
     BadDma,
     Stale,
+    Canary,
+    Foreign,
+    ConfigWrite,
 }
 
 impl Kind {
@@ -57,6 +79,9 @@ impl Kind {
             "badlen" => Kind::BadLen,
             "baddma" => Kind::BadDma,
             "stale" => Kind::Stale,
+            "canary" => Kind::Canary,
+            "foreign" => Kind::Foreign,
+            "configwrite" => Kind::ConfigWrite,
             _ => return None,
         })
     }
@@ -65,36 +90,89 @@ impl Kind {
     fn is_fatal(self) -> bool {
         matches!(self, Kind::Panic | Kind::Abort | Kind::Hang | Kind::Stop)
     }
+
+    /// Kinds drawn at random (one point in `rate`).
+    fn is_random(self) -> bool {
+        self.is_fatal() || matches!(self, Kind::BadLen | Kind::BadDma)
+    }
+}
+
+/// Where `foreign` sends its buffer, when not to its own first IOVA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Address(u64),
+    /// A file holding the address (`0x…`), read once at start: for an
+    /// address known only after boot (a page of another process).
+    File(String),
 }
 
 /// The injector's settings, as parsed from [`ENV`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub seed: u64,
-    /// One point in `rate` fires.
+    /// One random point in `rate` fires.
     pub rate: u64,
     pub kinds: Vec<Kind>,
+    /// Only the driver of this function (`0000:00:04.0`) injects.
+    pub function: Option<String>,
+    /// Only the instance with this start number injects.
+    pub start: Option<u64>,
+    pub addr: Option<Target>,
+    pub neighbour: Option<String>,
+}
+
+/// `0x…` hexadecimal or decimal.
+pub(crate) fn parse_u64(text: &str) -> Option<u64> {
+    let text = text.trim();
+    match text.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => text.parse().ok(),
+    }
 }
 
 impl Plan {
-    /// `seed=S,rate=N,kinds=K+K…`; `None` for anything else (and said so).
+    /// `KEY=VALUE,…` as in the module docs; `None` for anything else.
     pub fn parse(text: &str) -> Option<Plan> {
-        let (mut seed, mut rate, mut kinds) = (None, None, None);
+        let mut plan = Plan {
+            seed: 0,
+            rate: 0,
+            kinds: Vec::new(),
+            function: None,
+            start: None,
+            addr: None,
+            neighbour: None,
+        };
+        let mut rate = None;
         for part in text.split(',') {
             let (k, v) = part.split_once('=')?;
             match k {
-                "seed" => seed = v.parse().ok(),
-                "rate" => rate = v.parse().ok().filter(|&r: &u64| r > 0),
-                "kinds" => kinds = v.split('+').map(Kind::parse).collect::<Option<Vec<_>>>(),
+                "seed" => plan.seed = v.parse().ok()?,
+                "rate" => rate = Some(v.parse().ok().filter(|&r: &u64| r > 0)?),
+                "kinds" => {
+                    plan.kinds = v.split('+').map(Kind::parse).collect::<Option<Vec<_>>>()?
+                }
+                "function" if !v.is_empty() => plan.function = Some(v.to_owned()),
+                "start" => plan.start = Some(v.parse().ok()?),
+                "addr" if v.starts_with('/') => plan.addr = Some(Target::File(v.to_owned())),
+                "addr" => plan.addr = Some(Target::Address(parse_u64(v)?)),
+                "neighbour" if !v.is_empty() => plan.neighbour = Some(v.to_owned()),
                 _ => return None,
             }
         }
-        let kinds = kinds.filter(|k| !k.is_empty())?;
-        Some(Plan {
-            seed: seed?,
-            rate: rate?,
-            kinds,
-        })
+        if plan.kinds.is_empty() {
+            return None;
+        }
+        match rate {
+            Some(r) => plan.rate = r,
+            // Nothing is drawn at random without a rate.
+            None if plan.kinds.iter().any(|k| k.is_random()) => return None,
+            None => plan.rate = u64::MAX,
+        }
+        Some(plan)
+    }
+
+    pub fn has(&self, kind: Kind) -> bool {
+        self.kinds.contains(&kind)
     }
 }
 
@@ -119,7 +197,7 @@ impl Injector {
             .kinds
             .iter()
             .copied()
-            .filter(|&k| allowed(k))
+            .filter(|&k| k.is_random() && allowed(k))
             .collect();
         if kinds.is_empty() || !self.next().is_multiple_of(self.plan.rate) {
             return None;
@@ -128,31 +206,73 @@ impl Injector {
     }
 }
 
+/// The PCI function this driver serves (`0000:00:04.0`), once known.
+static FUNCTION: OnceLock<String> = OnceLock::new();
+
+/// Tells the injector which function this driver serves, so a plan's
+/// `function=` can tell whether it applies here. Called by the PCI handle
+/// before it opens the DMA space and the device.
+pub fn set_function(address: &str) {
+    let _ = FUNCTION.set(address.to_owned());
+}
+
 fn injector() -> Option<&'static Mutex<Injector>> {
     static INJECTOR: OnceLock<Option<Mutex<Injector>>> = OnceLock::new();
-    INJECTOR
+    let inj = INJECTOR
         .get_or_init(|| {
             let text = std::env::var(ENV).ok()?;
             let Some(plan) = Plan::parse(&text) else {
-                log::error!("{ENV}={text:?} is not seed=S,rate=N,kinds=K+K…; no faults");
+                log::error!("{ENV}={text:?} is not a fault plan (see common::fault); no faults");
                 return None;
             };
             let start = start_number();
-            log::warn!("fault injection on: {plan:?}, start {start}");
+            let here = if applies_here(&plan) {
+                "applies to this instance"
+            } else {
+                "not for this instance"
+            };
+            log::warn!("fault injection on: {plan:?}, start {start}: {here}");
             let state = (plan.seed ^ start.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1;
             Some(Mutex::new(Injector { plan, state }))
         })
+        .as_ref()?;
+    applies_here(&lock(inj).plan).then_some(inj)
+}
+
+/// Whether a plan's `function=` and `start=` name this instance.
+fn applies_here(plan: &Plan) -> bool {
+    let function = plan
+        .function
         .as_ref()
+        .is_none_or(|f| FUNCTION.get() == Some(f));
+    function && plan.start.is_none_or(|s| s == start_number())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every holder finishes its update before it could panic.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// This instance's plan, if injection is on here.
+fn plan() -> Option<Plan> {
+    injector().map(|inj| lock(inj).plan.clone())
 }
 
 fn draw(allowed: impl Fn(Kind) -> bool) -> Option<Kind> {
     let inj = injector()?;
-    let mut g = inj.lock().unwrap_or_else(|p| p.into_inner());
+    let mut g = lock(inj);
     g.draw(allowed)
 }
 
-/// A point in the event loop: may panic, abort, hang or stop the process.
+/// A point in the event loop: may panic, abort, hang or stop the process;
+/// runs the deliberate kinds' steps that wait for the driver to serve
+/// (the canary's check, `foreign`'s arming, `configwrite`'s writes).
 pub fn at_event(point: &str) {
+    if injector().is_none() {
+        return;
+    }
+    dma::serving();
+    config::serving();
     let Some(kind) = draw(Kind::is_fatal) else {
         return;
     };
@@ -170,7 +290,7 @@ pub fn at_event(point: &str) {
                 libc::raise(libc::SIGSTOP);
             }
         }
-        Kind::BadLen | Kind::BadDma | Kind::Stale => {}
+        _ => {}
     }
 }
 
@@ -186,82 +306,54 @@ pub fn read_len(point: &str, len: usize) -> usize {
     }
 }
 
-/// The IOVA a `stale` instance programs once, in place of a real one.
-static STALE: Mutex<Option<u64>> = Mutex::new(None);
-
 fn start_number() -> u64 {
-    std::env::var("INIT_START")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
-
-/// A function's DMA space was just opened, before anything was mapped in
-/// it: the `stale` kind's canary page, or its reserved stale IOVA.
-pub fn dma_space_opened(space: &std::sync::Arc<crate::dma::DmaSpace>) {
-    let Some(inj) = injector() else {
-        return;
-    };
-    let stale = {
-        let g = inj.lock().unwrap_or_else(|p| p.into_inner());
-        g.plan.kinds.contains(&Kind::Stale)
-    };
-    if !stale {
-        return;
-    }
-    if start_number().is_multiple_of(2) {
-        match crate::dma::Dma::<[u8; 4096]>::zeroed(space) {
-            Ok(page) => {
-                log::warn!("fault: canary page mapped at IOVA {:#x}", page.iova());
-                // Mapped until the process dies: that is the point.
-                std::mem::forget(page);
-            }
-            Err(e) => log::error!("fault: mapping the canary page failed: {e}"),
-        }
-    } else {
-        match space.reserve_iova(4096) {
-            Some(iova) => {
-                log::warn!("fault: IOVA {iova:#x} left unmapped for the stale access");
-                *STALE.lock().unwrap_or_else(|p| p.into_inner()) = Some(iova);
-            }
-            None => log::error!("fault: no IOVA to leave unmapped"),
-        }
-    }
-}
-
-/// A DMA address about to be given to the device: may be moved far past
-/// anything mapped (the IOMMU must stop the device's access), or, once,
-/// to the stale IOVA.
-pub fn dma_address(point: &str, iova: u64) -> u64 {
-    if injector().is_some() {
-        if let Some(stale) = STALE.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            log::warn!("fault: injecting Stale at {point}: IOVA {stale:#x}");
-            return stale;
-        }
-    }
-    match draw(|k| k == Kind::BadDma) {
-        Some(_) => {
-            let bad = iova ^ (1 << 46);
-            log::warn!("fault: injecting BadDma at {point}: IOVA {bad:#x}");
-            bad
-        }
-        None => iova,
-    }
+    static START: OnceLock<u64> = OnceLock::new();
+    *START.get_or_init(|| {
+        std::env::var("INIT_START")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn plan(seed: u64, rate: u64, kinds: Vec<Kind>) -> Plan {
+        Plan {
+            seed,
+            rate,
+            kinds,
+            function: None,
+            start: None,
+            addr: None,
+            neighbour: None,
+        }
+    }
+
     #[test]
     fn plans_parse_and_bad_ones_do_not() {
         assert_eq!(
             Plan::parse("seed=7,rate=50,kinds=panic+hang"),
+            Some(plan(7, 50, vec![Kind::Panic, Kind::Hang]))
+        );
+        assert_eq!(
+            Plan::parse("kinds=foreign,function=0000:00:04.0,start=1,addr=/tmp/target"),
             Some(Plan {
-                seed: 7,
-                rate: 50,
-                kinds: vec![Kind::Panic, Kind::Hang]
+                function: Some("0000:00:04.0".into()),
+                start: Some(1),
+                addr: Some(Target::File("/tmp/target".into())),
+                ..plan(0, u64::MAX, vec![Kind::Foreign])
             })
+        );
+        assert_eq!(
+            Plan::parse("kinds=foreign+configwrite,addr=0x1234000,neighbour=0000:00:06.0")
+                .map(|p| (p.addr, p.neighbour)),
+            Some((
+                Some(Target::Address(0x123_4000)),
+                Some("0000:00:06.0".into())
+            ))
         );
         for bad in [
             "",
@@ -269,6 +361,10 @@ mod tests {
             "seed=1,rate=0,kinds=panic",
             "seed=1,rate=5,kinds=nope",
             "x=1,seed=1,rate=5,kinds=abort",
+            // A random kind needs a rate.
+            "kinds=canary+panic",
+            "kinds=foreign,addr=12x",
+            "kinds=canary,start=first",
         ] {
             assert_eq!(Plan::parse(bad), None, "{bad:?}");
         }
@@ -298,10 +394,34 @@ mod tests {
     }
 
     #[test]
+    fn deliberate_kinds_are_never_drawn() {
+        let mut i = Injector {
+            plan: Plan::parse("rate=1,kinds=canary+foreign+configwrite+stale").unwrap(),
+            state: 5,
+        };
+        for _ in 0..50 {
+            assert_eq!(i.draw(|_| true), None);
+        }
+    }
+
+    #[test]
+    fn a_plan_for_another_function_or_start_does_not_apply() {
+        // The test binary runs with no function set and INIT_START unset (0).
+        let mut p = plan(0, u64::MAX, vec![Kind::Canary]);
+        assert!(applies_here(&p));
+        p.start = Some(1);
+        assert!(!applies_here(&p));
+        p.start = Some(0);
+        assert!(applies_here(&p));
+        p.function = Some("0000:00:04.0".into());
+        assert!(!applies_here(&p), "no function known yet");
+    }
+
+    #[test]
     fn off_by_default() {
         // The test binary runs without FAULT_INJECT.
         assert_eq!(read_len("test", 10), 10);
-        assert_eq!(dma_address("test", 0x1000), 0x1000);
+        assert_eq!(dma_chain("test", &[(0x1000, 16, false)]), None);
         at_event("test");
     }
 }

@@ -20,6 +20,7 @@ pub mod fault;
 pub mod io;
 pub mod irq;
 pub mod port;
+pub mod probe;
 pub mod sandbox;
 pub mod vfio;
 

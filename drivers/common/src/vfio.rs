@@ -500,6 +500,10 @@ pub struct Device {
     fd: OwnedFd,
     /// The config region's place in the fd, looked up once.
     config: RegionInfo,
+    /// Every region's info, looked up when the fd is taken (before any
+    /// sandbox): later lookups need no ioctl, which drivers' seccomp lists
+    /// need not allow.
+    regions: Vec<RegionInfo>,
 }
 
 /// Size of the `vfio_irq_set` header before its `data[]` array.
@@ -517,6 +521,7 @@ impl Device {
                 size: 0,
                 offset: 0,
             },
+            regions: Vec::new(),
         };
         let info = dev.info()?;
         if !info.is_pci() {
@@ -525,8 +530,24 @@ impl Device {
                 format!("VFIO device is not PCI (flags {:#x})", info.flags),
             ));
         }
+        dev.regions = (0..info.num_regions)
+            .filter_map(|i| dev.region(i).ok())
+            .collect();
         dev.config = dev.region(CONFIG_REGION)?;
+        // Fault injection (`configwrite`) keeps its own handle on the device.
+        crate::fault::config::device_opened(&dev);
         Ok(dev)
+    }
+
+    /// A second handle on the same device (a duplicated fd).
+    pub(crate) fn try_clone(&self) -> io::Result<Device> {
+        let fd = rustix::io::fcntl_dupfd_cloexec(&self.fd, 0)
+            .map_err(|e| os_err("fcntl(F_DUPFD_CLOEXEC) of the VFIO device", e))?;
+        Ok(Device {
+            fd,
+            config: self.config,
+            regions: self.regions.clone(),
+        })
     }
 
     pub fn info(&self) -> io::Result<DeviceInfo> {
@@ -545,6 +566,9 @@ impl Device {
     }
 
     pub fn region(&self, index: u32) -> io::Result<RegionInfo> {
+        if let Some(r) = self.regions.iter().find(|r| r.index == index) {
+            return Ok(*r);
+        }
         let mut info = sys::vfio_region_info {
             argsz: argsz::<sys::vfio_region_info>(),
             index,
@@ -637,6 +661,21 @@ impl Device {
             done += n;
         }
         Ok(())
+    }
+
+    /// Reads region `index` at `offset` through the fd (`pread`; for a BAR,
+    /// VFIO does the MMIO access, refusing it while memory decode is off).
+    pub fn read_region(&self, index: u32, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let r = self.region(index)?;
+        rustix::io::pread(&self.fd, buf, r.offset + offset)
+            .map_err(|e| os_err(&format!("read of region {index} at {offset:#x}"), e))
+    }
+
+    /// Writes region `index` at `offset` through the fd (`pwrite`).
+    pub fn write_region(&self, index: u32, offset: u64, buf: &[u8]) -> io::Result<usize> {
+        let r = self.region(index)?;
+        rustix::io::pwrite(&self.fd, buf, r.offset + offset)
+            .map_err(|e| os_err(&format!("write of region {index} at {offset:#x}"), e))
     }
 
     /// Maps BAR region `index` read-write.

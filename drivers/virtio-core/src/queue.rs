@@ -50,6 +50,9 @@ pub struct VirtQueue {
     ring: SplitRing<DmaRing>,
     /// Byte offset of this queue's doorbell in the notify BAR.
     doorbell: usize,
+    /// A chain fault injection sent to a foreign address: it must not come
+    /// back as done (`common::fault::dma`).
+    watched: Option<u16>,
 }
 
 impl VirtQueue {
@@ -58,6 +61,7 @@ impl VirtQueue {
             index,
             ring,
             doorbell,
+            watched: None,
         }
     }
 
@@ -74,21 +78,27 @@ impl VirtQueue {
     /// device_writes)` buffers and returns its token; `WouldBlock` when
     /// full. The device learns of it at the next [`VirtQueue::notify`].
     pub fn add(&mut self, bufs: &[(u64, u32, bool)]) -> io::Result<u16> {
-        if let Some(&(iova, len, writes)) = bufs.first() {
-            // Fault injection (`make faults`): an address never mapped.
-            let bad = common::fault::dma_address("virtqueue", iova);
-            if bad != iova {
-                let mut moved = bufs.to_vec();
-                moved[0] = (bad, len, writes);
-                return self.ring.add(&moved);
+        // Fault injection (`make faults`, the isolation tests): an address
+        // this driver never mapped.
+        if let Some(rewrite) = common::fault::dma_chain("virtqueue", bufs) {
+            let token = self.ring.add(&rewrite.chain)?;
+            if rewrite.watch {
+                self.watched = Some(token);
             }
+            return Ok(token);
         }
         self.ring.add(bufs)
     }
 
     /// See [`SplitRing::pop_used`]: `(token, bytes written by the device)`.
     pub fn pop_used(&mut self) -> Option<(u16, u32)> {
-        self.ring.pop_used()
+        let done = self.ring.pop_used();
+        if let (Some((token, _)), Some(watched)) = (done, self.watched) {
+            if token == watched {
+                common::fault::watched_chain_returned("virtqueue");
+            }
+        }
+        done
     }
 
     /// See [`SplitRing::set_interrupts`].

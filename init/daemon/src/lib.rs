@@ -14,8 +14,8 @@ use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
 
 use rustix::net::{
-    recvmsg, sendmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags,
+    recvmsg, sendmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
 };
 
 pub mod config;
@@ -366,6 +366,27 @@ fn recv_packet(sock: BorrowedFd<'_>, flags: RecvFlags) -> io::Result<(Vec<u8>, V
         &mut anc,
         RecvFlags::CMSG_CLOEXEC | flags,
     )?;
+    let mut passed = Vec::new();
+    for msg in anc.drain() {
+        if let RecvAncillaryMessage::ScmRights(fds) = msg {
+            passed.extend(fds);
+        }
+    }
+    // A cut packet is refused whole (its fds are closed here): acting on
+    // the first 512 bytes of a longer `spawn`, or on some of its fds, would
+    // act on something the peer never said.
+    if res.flags.contains(ReturnFlags::TRUNC) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("packet longer than {} bytes", proto::MAX_MESSAGE),
+        ));
+    }
+    if res.flags.contains(ReturnFlags::CTRUNC) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("more than {} fds passed", proto::MAX_PASSED_FDS),
+        ));
+    }
     if res.bytes == 0 {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
@@ -373,11 +394,75 @@ fn recv_packet(sock: BorrowedFd<'_>, flags: RecvFlags) -> io::Result<(Vec<u8>, V
         ));
     }
     buf.truncate(res.bytes);
-    let mut passed = Vec::new();
-    for msg in anc.drain() {
-        if let RecvAncillaryMessage::ScmRights(fds) = msg {
-            passed.extend(fds);
-        }
-    }
     Ok((buf, passed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+
+    fn pair() -> (OwnedFd, OwnedFd) {
+        socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap()
+    }
+
+    fn open_fds() -> usize {
+        std::fs::read_dir("/proc/self/fd").unwrap().count()
+    }
+
+    /// The fd count is the process's: the tests that open fds take turns.
+    fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+        static ONE: Mutex<()> = Mutex::new(());
+        ONE.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    #[test]
+    fn an_oversized_packet_is_refused_whole_and_the_next_one_read() {
+        let _one = one_at_a_time();
+        let (a, b) = pair();
+        let mut long = b"ready".to_vec();
+        long.resize(proto::MAX_MESSAGE + 100, b' ');
+        send_with_fds(a.as_fd(), &long, &[]).unwrap();
+        send_with_fds(a.as_fd(), b"ready", &[]).unwrap();
+        let e = recv_with_fds(b.as_fd()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        assert!(e.to_string().contains("longer than 512"), "{e}");
+        let (msg, fds) = recv_with_fds(b.as_fd()).unwrap();
+        assert_eq!(msg, b"ready");
+        assert!(fds.is_empty());
+    }
+
+    #[test]
+    fn too_many_fds_refuse_the_packet_and_none_stay_open() {
+        let _one = one_at_a_time();
+        let (a, b) = pair();
+        let before = open_fds();
+        let files: Vec<std::fs::File> = (0..proto::MAX_PASSED_FDS + 3)
+            .map(|_| std::fs::File::open("/dev/null").unwrap())
+            .collect();
+        let borrowed: Vec<BorrowedFd<'_>> = files.iter().map(|f| f.as_fd()).collect();
+        // Our sender refuses this many; send it raw, as a hostile peer would.
+        let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(borrowed.len()))];
+        let mut anc = SendAncillaryBuffer::new(&mut space);
+        assert!(anc.push(SendAncillaryMessage::ScmRights(&borrowed)));
+        sendmsg(
+            a.as_fd(),
+            &[IoSlice::new(b"ready")],
+            &mut anc,
+            SendFlags::empty(),
+        )
+        .unwrap();
+        drop(files);
+        let e = recv_with_fds(b.as_fd()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        assert!(e.to_string().contains("fds passed"), "{e}");
+        // Whatever the kernel installed was closed with the refusal.
+        assert_eq!(open_fds(), before);
+    }
 }

@@ -12,9 +12,18 @@ use super::{libc_errno, Service, Services, State};
 use crate::console::say;
 use crate::unit::Kind;
 
+/// Packets read from one control channel per wake-up: a daemon that keeps
+/// sending cannot keep init from its other channels (epoll wakes init
+/// again for the rest).
+pub(super) const PACKETS_PER_WAKE: usize = 64;
+
+/// init's complaints about one service's requests shown per second; the
+/// rest are counted and the count said.
+pub(super) const COMPLAINTS_PER_SEC: u32 = 20;
+
 impl Services {
     pub(super) fn on_control(&mut self, i: usize) {
-        loop {
+        for _ in 0..PACKETS_PER_WAKE {
             let Some(fd) = self.list[i].control.as_ref() else {
                 return;
             };
@@ -22,6 +31,12 @@ impl Services {
                 Ok(m) => m,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    // A cut packet: refused whole, the channel stays.
+                    let name = self.list[i].unit.name.clone();
+                    self.complain(i, &format!("{name}: bad control message: {e}"));
+                    continue;
+                }
                 Err(_) => {
                     // Closed: the daemon is gone or does not want to talk.
                     if let Some(fd) = self.list[i].control.take() {
@@ -42,15 +57,18 @@ impl Services {
                         match self.spawn_instance(i, &unit, &instance, &args, passed, &ioports) {
                             Ok(()) => Reply::Ok,
                             Err((errno, why)) => {
-                                say(&format!("{name}: cannot start {unit}@{instance}: {why}"));
+                                self.complain(
+                                    i,
+                                    &format!("{name}: cannot start {unit}@{instance}: {why}"),
+                                );
                                 Reply::Err(errno, why)
                             }
                         };
-                    if let Some(control) = self.list[i].control.as_ref() {
-                        if let Err(e) = daemon::send_with_fd(control.as_fd(), &reply.encode(), None)
-                        {
-                            say(&format!("{name}: cannot answer on control channel: {e}"));
-                        }
+                    let sent = self.list[i].control.as_ref().map(|control| {
+                        daemon::send_with_fd(control.as_fd(), &reply.encode(), None)
+                    });
+                    if let Some(Err(e)) = sent {
+                        self.complain(i, &format!("{name}: cannot answer on control channel: {e}"));
                     }
                 }
                 Ok(Request::Ready) => self.mark_ready(i),
@@ -59,6 +77,9 @@ impl Services {
                 Ok(Request::Pong(_)) => self.on_pong(i),
                 Ok(Request::Register(scheme, kind)) => {
                     let reply = self.register(i, &scheme, kind);
+                    if let Err((_, why)) = &reply {
+                        self.complain(i, &format!("{name}: refused scheme {scheme:?}: {why}"));
+                    }
                     let Some(control) = self.list[i].control.as_ref() else {
                         return;
                     };
@@ -68,22 +89,31 @@ impl Services {
                             &if g.resumed { Reply::Resumed } else { Reply::Ok }.encode(),
                             &[g.fuse.as_fd(), g.state.as_fd()],
                         ),
-                        Err((errno, why)) => {
-                            say(&format!("{name}: refused scheme {scheme:?}: {why}"));
-                            daemon::send_with_fd(
-                                control.as_fd(),
-                                &Reply::Err(*errno, why.clone()).encode(),
-                                None,
-                            )
-                        }
+                        Err((errno, why)) => daemon::send_with_fd(
+                            control.as_fd(),
+                            &Reply::Err(*errno, why.clone()).encode(),
+                            None,
+                        ),
                     };
                     if let Err(e) = sent {
-                        say(&format!("{name}: cannot answer on control channel: {e}"));
+                        self.complain(i, &format!("{name}: cannot answer on control channel: {e}"));
                     }
                     self.check_scheme_ready(i);
                 }
-                Err(e) => say(&format!("{name}: bad control message: {e}")),
+                Err(e) => self.complain(i, &format!("{name}: bad control message: {e}")),
             }
+        }
+    }
+
+    /// Says what was wrong with service `i`'s request, within its quota.
+    pub(super) fn complain(&mut self, i: usize, msg: &str) {
+        let name = self.list[i].unit.name.clone();
+        let admit = self.list[i].complaints.admit(std::time::Instant::now());
+        if admit.hidden > 0 {
+            say(&hidden_complaints(&name, admit.hidden));
+        }
+        if admit.show {
+            say(msg);
         }
     }
 
@@ -185,4 +215,9 @@ impl Services {
             _ => Ok(()),
         }
     }
+}
+
+/// What init says of the complaints about `name` its quota kept back.
+pub(super) fn hidden_complaints(name: &str, hidden: u64) -> String {
+    format!("{name}: {hidden} more complaints about its requests not shown")
 }

@@ -105,6 +105,9 @@ pub struct Service {
     /// When it was last started (a counter), so shutdown can stop services
     /// in reverse start order whatever their place in the table.
     started: u64,
+    /// init's complaints about what it sent (bad or refused requests), so
+    /// a flood of them cannot flood the console.
+    complaints: crate::console::RateLimit,
 }
 
 /// epoll tokens: service index << 8 | channel; the signalfd uses
@@ -151,6 +154,10 @@ impl Service {
             pending: None,
             passed: Vec::new(),
             started: 0,
+            complaints: crate::console::RateLimit::new(
+                control::COMPLAINTS_PER_SEC,
+                std::time::Duration::from_secs(1),
+            ),
         }
     }
 }

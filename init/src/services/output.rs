@@ -9,7 +9,9 @@ use crate::console::say;
 impl Services {
     pub(super) fn on_output(&mut self, i: usize) {
         let mut buf = [0u8; 4096];
-        loop {
+        // A bounded share per wake-up (64 KiB), as for control packets:
+        // a service that writes without pause cannot hold init here.
+        for _ in 0..16 {
             let Some(fd) = self.list[i].output.as_ref() else {
                 return;
             };
@@ -20,7 +22,7 @@ impl Services {
                 }
                 Ok(n) => self.list[i].sink.feed(&buf[..n]),
                 Err(rustix::io::Errno::AGAIN) => return,
-                Err(rustix::io::Errno::INTR) => continue,
+                Err(rustix::io::Errno::INTR) => {}
                 Err(e) => {
                     say(&format!(
                         "reading output of {}: {e}",

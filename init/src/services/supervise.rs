@@ -266,7 +266,8 @@ impl Services {
     }
 
     /// Acts on what is due: restarts whose wait is over, respawns that
-    /// never came, heartbeats to send and hangs to end.
+    /// never came, heartbeats to send and hangs to end, and the counts of
+    /// complaints and output lines a burst kept off the console.
     pub fn tick(&mut self, now: Instant) {
         for i in 0..self.list.len() {
             match self.list[i].state {
@@ -279,6 +280,12 @@ impl Services {
                 State::Ready if self.list[i].unit.heartbeats => self.heartbeat(i, now),
                 _ => {}
             }
+            let svc = &mut self.list[i];
+            let hidden = svc.complaints.hidden_due(now);
+            if hidden > 0 {
+                say(&super::control::hidden_complaints(&svc.unit.name, hidden));
+            }
+            svc.sink.flush_hidden(now);
         }
     }
 
@@ -368,15 +375,17 @@ impl Services {
         let name = format!("{unit}@{instance}");
         let who = self.list[from].unit.name.clone();
         let Some(i) = self.list.iter().position(|s| s.unit.name == name) else {
-            say(&format!(
-                "{who}: {name} is gone, but init has no such service"
-            ));
+            self.complain(
+                from,
+                &format!("{who}: {name} is gone, but init has no such service"),
+            );
             return;
         };
         if self.list[i].enumerator.as_deref() != Some(who.as_str()) {
-            say(&format!(
-                "{who} may not say {name} is gone: it did not start it"
-            ));
+            self.complain(
+                from,
+                &format!("{who} may not say {name} is gone: it did not start it"),
+            );
             return;
         }
         match (self.list[i].pid, &self.list[i].state) {

@@ -1,6 +1,7 @@
 //! The service table against fake units and processes: ordering,
 //! readiness, templates and their grants, exits and shutdown order.
 
+use std::os::fd::AsFd;
 use std::process::Command;
 
 use rustix::event::{PollFd, PollFlags};
@@ -34,19 +35,25 @@ fn table() -> Services {
     s
 }
 
+/// A control channel as init makes one: (init's end, the daemon's end),
+/// both non-blocking.
+fn control_pair() -> (OwnedFd, OwnedFd) {
+    socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )
+    .unwrap()
+}
+
 /// A port grant is asked for over the real control channel, as a
 /// daemon does; init refuses a requester not in `spawned_by` exactly
 /// as it refuses a plain `spawn`, and starts nothing.
 #[test]
 fn a_port_grant_from_a_stranger_is_refused() {
     let mut s = table();
-    let (init_end, daemon_end) = socketpair(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-        None,
-    )
-    .unwrap();
+    let (init_end, daemon_end) = control_pair();
     rustix::io::ioctl_fionbio(&daemon_end, false).unwrap();
     s.list[0].control = Some(init_end); // pcid asks for rtcd
     let asker = std::thread::spawn(move || {
@@ -171,4 +178,48 @@ fn stop_all_keeps_the_power_service_and_what_it_requires() {
         kept.wait().unwrap();
     }
     assert!(s.power_services("nothing").is_empty());
+}
+
+/// A daemon flooding its control channel with garbage, cut packets and
+/// requests it may not make: init reads at most `PACKETS_PER_WAKE` per
+/// wake-up (the rest wait for the next), refuses each, keeps the channel,
+/// starts and stops nothing, and answers a good request after the flood.
+#[test]
+fn a_flood_of_bad_requests_is_read_in_shares_and_refused() {
+    let mut s = table();
+    let (init_end, daemon_end) = control_pair();
+    s.list[1].control = Some(init_end); // acpid misbehaves
+    let bad: [&[u8]; 6] = [
+        b"\xff\xfe garbage",
+        b"spawn",
+        b"gone pcid x",
+        b"spawn rtcd",
+        b"register",
+        b"pong -1",
+    ];
+    let mut long = b"spawn rtcd acpi-PNP0B00-0 ".to_vec();
+    long.resize(daemon::proto::MAX_MESSAGE * 2, b'a');
+    let total = 3 * control::PACKETS_PER_WAKE;
+    for n in 0..total {
+        let msg: &[u8] = if n % 7 == 6 { &long } else { bad[n % 6] };
+        daemon::send_with_fds(daemon_end.as_fd(), msg, &[]).unwrap();
+    }
+    daemon::send_with_fds(daemon_end.as_fd(), b"ready", &[]).unwrap();
+    let queued = |fd: &OwnedFd| {
+        let mut fds = [PollFd::new(fd, PollFlags::IN)];
+        rustix::event::poll(&mut fds, Some(&rustix::event::Timespec::default())).unwrap() == 1
+    };
+    s.list[1].state = State::Starting(std::time::Instant::now());
+    let mut wakes = 0;
+    while queued(s.list[1].control.as_ref().unwrap()) {
+        s.on_control(1);
+        wakes += 1;
+        assert!(wakes <= 10, "the flood was not drained");
+    }
+    // 3 × 64 bad packets and `ready`: four shares.
+    assert_eq!(wakes, 4);
+    assert!(s.list[1].control.is_some(), "the channel was dropped");
+    assert_eq!(s.list[1].state, State::Ready, "the good request was lost");
+    assert_eq!(s.list.len(), 2, "nothing may be added to the table");
+    assert!(s.list.iter().all(|x| x.pid.is_none()), "nothing started");
 }

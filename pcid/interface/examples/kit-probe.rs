@@ -122,7 +122,7 @@ fn become_driver(uid: u32, memlock: u64) -> io::Result<()> {
     rustix::thread::set_thread_res_uid(u, u, u)?;
     rustix::thread::set_no_new_privs(true)?;
     common::sandbox::check_unprivileged()?;
-    common::sandbox::enter_sandbox()?;
+    common::sandbox::enter_sandbox(&common::sandbox::KIT_PROBE)?;
     say!("now uid {uid}, no capabilities, RLIMIT_MEMLOCK {memlock}, seccomp on");
     Ok(())
 }

@@ -78,6 +78,19 @@ const CMD_MEMORY: u16 = 1 << 1;
 const CMD_BUS_MASTER: u16 = 1 << 2;
 const CMD_INTX_DISABLE: u16 = 1 << 10;
 
+/// Asks pcid on `channel` what function this is.
+fn ask_info(channel: &OwnedFd) -> io::Result<FunctionInfo> {
+    send_message(channel, &ChannelRequest::Info)?;
+    match recv_message::<ChannelReply>(channel)? {
+        ChannelReply::Info(info) => Ok(info),
+        ChannelReply::Error(e) => Err(io::Error::other(format!("pcid refused Info: {e}"))),
+        other => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("pcid answered Info with {other:?}"),
+        )),
+    }
+}
+
 /// A driver's handle on its PCI function.
 #[derive(Debug)]
 pub struct PciFunctionHandle {
@@ -89,28 +102,19 @@ pub struct PciFunctionHandle {
 
 impl PciFunctionHandle {
     /// From the fds init passed (in `daemon::take_passed_fds` order:
-    /// container, device, channel). Asks pcid for the function's info.
+    /// container, device, channel). Asks pcid for the function's info
+    /// before opening the device and the DMA space, so fault injection
+    /// knows the function by then.
     pub fn from_fds(
         container: OwnedFd,
         device: OwnedFd,
         channel: OwnedFd,
     ) -> io::Result<PciFunctionHandle> {
         let container = Container::from_fd(container)?;
+        let info = ask_info(&channel)?;
+        common::fault::set_function(&info.address);
         let device = Arc::new(Device::from_fd(device)?);
         let dma = DmaSpace::new(container)?;
-        send_message(&channel, &ChannelRequest::Info)?;
-        let info = match recv_message::<ChannelReply>(&channel)? {
-            ChannelReply::Info(info) => info,
-            ChannelReply::Error(e) => {
-                return Err(io::Error::other(format!("pcid refused Info: {e}")))
-            }
-            other => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("pcid answered Info with {other:?}"),
-                ))
-            }
-        };
         Ok(PciFunctionHandle {
             info,
             device,

@@ -373,23 +373,11 @@ pub fn run(c: &Campaign) -> crate::Result<Report> {
         })
         .collect();
     report.recoveries.sort_unstable();
+    for fault in crate::dma_faults(&console) {
+        *report.dma_faults.entry(fault.function).or_default() += 1;
+        report.dma_fault_addrs.push(fault.addr);
+    }
     for line in console.lines() {
-        // "DMAR: [DMA Read NO_PASID] Request device [00:04.0] fault addr …"
-        if let Some(rest) = line.split("DMAR: [DMA ").nth(1) {
-            let function = rest
-                .split("Request device [")
-                .nth(1)
-                .and_then(|r| r.split(']').next())
-                .unwrap_or("?");
-            *report.dma_faults.entry(function.to_owned()).or_default() += 1;
-            if let Some(addr) = rest
-                .split("fault addr ")
-                .nth(1)
-                .and_then(|r| r.split_whitespace().next())
-            {
-                report.dma_fault_addrs.push(addr.to_owned());
-            }
-        }
         if let Some(rest) = line.split("fault: injecting BadDma at ").nth(1) {
             if let Some(addr) = rest
                 .split("IOVA ")

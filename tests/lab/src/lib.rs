@@ -799,3 +799,84 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// The text of unit file `initfs/etc/init.d/<unit>.toml` with `vars` as its
+/// environment, for a boot's extra files (the shipped units have no `env`
+/// table of their own).
+pub fn unit_with_env(unit: &str, vars: &[(&str, &str)]) -> Result<Vec<u8>> {
+    let path = workspace_root().join(format!("initfs/etc/init.d/{unit}.toml"));
+    let mut text =
+        std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if text.lines().any(|l| l.starts_with("env")) {
+        return Err(format!("{}: has an env table already", path.display()));
+    }
+    let pairs: Vec<String> = vars.iter().map(|(k, v)| format!("{k} = {v:?}")).collect();
+    text.push_str(&format!("env = {{ {} }}\n", pairs.join(", ")));
+    Ok(text.into_bytes())
+}
+
+/// One device access the IOMMU refused, as the guest kernel reports it:
+/// `DMAR: [DMA Write NO_PASID] Request device [00:04.0] fault addr 0x1000
+/// [fault reason 0x05] PTE Write access is not set`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DmaFault {
+    /// `00:04.0`.
+    pub function: String,
+    /// As printed: `0x1000`.
+    pub addr: String,
+    pub write: bool,
+    /// Byte offset of the line in the text it was found in.
+    pub at: usize,
+    pub line: String,
+}
+
+/// Every DMAR fault report in `console`, in order.
+pub fn dma_faults(console: &str) -> Vec<DmaFault> {
+    let mut at = 0;
+    let mut found = Vec::new();
+    for line in console.split_inclusive('\n') {
+        if let Some(rest) = line.split("DMAR: [DMA ").nth(1) {
+            let field = |key: &str, end: char| {
+                rest.split(key)
+                    .nth(1)
+                    .and_then(|r| r.split(end).next())
+                    .unwrap_or("?")
+                    .to_owned()
+            };
+            found.push(DmaFault {
+                function: field("Request device [", ']'),
+                addr: field("fault addr ", ' '),
+                write: rest.starts_with("Write"),
+                at,
+                line: line.trim_end().to_owned(),
+            });
+        }
+        at += line.len();
+    }
+    found
+}
+
+/// `frames pair FROM TO` for `count` frames: all arrive, none damaged,
+/// lost or repeated. Returns the tool's output.
+pub fn frames_all_arrive(vm: &mut Vm, from: &str, to: &str, count: u64) -> Result<String> {
+    let out = vm.sh_timeout(
+        &format!(
+            "frames pair {from} {to} --count {count} --size 300 --seed 5 --window 32 --timeout-ms 20000"
+        ),
+        Duration::from_secs(300),
+    )?;
+    let text = out.stdout_str();
+    let r = frames_summary(&text, "received")
+        .ok_or_else(|| format!("{from} -> {to}: {text}{}", out.stderr_str()))?;
+    if r.get("received") != Some(&count) || !out.success() {
+        return Err(format!(
+            "{from} -> {to}: not all {count} frames arrived: {text}"
+        ));
+    }
+    for k in ["bad", "lost", "dup"] {
+        if r.get(k) != Some(&0) {
+            return Err(format!("{from} -> {to}: {k} frames: {text}"));
+        }
+    }
+    Ok(text)
+}

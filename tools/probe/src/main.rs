@@ -13,8 +13,11 @@
 //!         (PLAN: lines "OFFSET HEX", each one pwrite, in file order)
 //!   probe fsync PATH                          → ok | err ENAME
 //!   probe ioctl-u64 PATH CMD                  → ok R V  (V: the u64 the call wrote)
+//!   probe canary GO_FILE TIMEOUT_S            → a page for a DMA attack to miss (canary.rs)
 
 use std::os::fd::OwnedFd;
+
+mod canary;
 
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::fs::{open, Mode, OFlags};
@@ -237,6 +240,9 @@ unsafe impl rustix::ioctl::Ioctl for RawIoctl {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "canary") {
+        std::process::exit(canary::run(&args[1..]));
+    }
     match run(&args) {
         Ok(s) => println!("{s}"),
         Err(e) => {

@@ -40,7 +40,7 @@ fn run() -> io::Result<()> {
     let reg = daemon.register_scheme(&format!("network.{}_e1000", handle.name()))?;
     // Hot-unplug: the kernel asks for the device back on this eventfd.
     let removal = handle.removal_irq()?;
-    common::sandbox::enter_sandbox()?;
+    common::sandbox::enter_sandbox(&common::sandbox::E1000D)?;
     daemon.ready()?;
 
     DriverLoop::new(Server::from_registration(reg, scheme)?, daemon)?

@@ -34,7 +34,7 @@ fn run() -> io::Result<()> {
     let reg = daemon.register_scheme(&format!("network.{}_virtio_net", handle.name()))?;
     // Hot-unplug: the kernel asks for the device back on this eventfd.
     let removal = handle.removal_irq()?;
-    common::sandbox::enter_sandbox()?;
+    common::sandbox::enter_sandbox(&common::sandbox::VIRTIO_NETD)?;
     daemon.ready()?;
 
     let Irqs { config, rx, tx } = irqs;

@@ -53,7 +53,7 @@ fn run() -> io::Result<()> {
         Err(e) => warn!("CMOS clock at ports {index:#x}/{data:#x} does not read well: {e}"),
     }
     let reg = daemon.register_scheme("time")?;
-    common::sandbox::enter_sandbox()?;
+    common::sandbox::enter_sandbox(&common::sandbox::RTCD)?;
     daemon.ready()?;
     ::scheme::serve(
         Server::from_registration(reg, TimeScheme::new(cmos))?,

@@ -58,7 +58,7 @@ fn run() -> io::Result<()> {
     let reg = daemon.register_scheme(&format!("disk.{}_virtio_blk", handle.name()))?;
     // Hot-unplug: the kernel asks for the device back on this eventfd.
     let removal = handle.removal_irq()?;
-    common::sandbox::enter_sandbox()?;
+    common::sandbox::enter_sandbox(&common::sandbox::VIRTIO_BLKD)?;
     daemon.ready()?;
 
     let Irqs { queue, config } = irqs;
