@@ -122,20 +122,27 @@ impl Clock {
         f: impl FnOnce() -> nix::Result<T>,
     ) -> nix::Result<T> {
         self.slot.begin(index, desc);
-        arm(self.alarm_for(index));
+        let alarm = self.alarm_for(index);
+        // Timed from before the timer is armed, so an interrupted patient
+        // call never measures a hair under the bound.
         let started = Instant::now();
+        arm(alarm);
         let result = f();
         let took = started.elapsed();
         arm(Duration::ZERO);
         self.slot.end();
         self.slot
             .count(op, kind, result.as_ref().map(|_| ()).map_err(|e| *e));
-        if took > self.bound {
+        // A patient call cut short by its timer was not answered within
+        // the bound, whatever the clock says.
+        let cut_off = alarm >= self.bound && matches!(result, Err(Errno::EINTR));
+        if took > self.bound || cut_off {
             self.slot.slow.fetch_add(1, Relaxed);
             say(&format!(
-                "HANG worker {} seed {:#x} op {index}: {desc}: answered after {:.1} s (replay: scheme-fuzz --replay {:#x})",
+                "HANG worker {} seed {:#x} op {index}: {desc}: {} after {:.1} s (replay: scheme-fuzz --replay {:#x})",
                 self.worker,
                 self.seed,
+                if cut_off { "cut off unanswered" } else { "answered" },
                 took.as_secs_f64(),
                 self.seed
             ));
