@@ -10,7 +10,7 @@ IMAGE       ?= $(or $(LAB_IMAGE_DIR),$(BUILD)/image)
 KERNEL_DIR  := $(BUILD)/kernel
 APT_PACKAGES := qemu-system-x86 busybox-static cpio gdisk device-tree-compiler xz-utils e2fsprogs
 
-.PHONY: all deps image run test check bench faults clean
+.PHONY: all deps image run test check bench faults fuzz clean
 
 all: image
 
@@ -47,6 +47,11 @@ bench: image
 # load; prints what clients saw (see tests/lab/src/faults.rs).
 faults: image
 	$(BINS)/lab-faults $(FAULT_ARGS)
+
+# The long scheme-fuzzer campaign: root and an ordinary user making random
+# calls on every scheme at once; prints its totals (see tests/lab/src/fuzz.rs).
+fuzz: image
+	$(BINS)/lab-fuzz $(FUZZ_ARGS)
 
 check:
 	$(CARGO) fmt --all -- --check

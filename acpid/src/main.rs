@@ -90,6 +90,7 @@ fn run() -> io::Result<()> {
     // The AML worker thread starts now, and Landlock binds only the thread
     // that asks and those it starts later: so the file rules come first.
     common::sandbox::restrict_files(&common::sandbox::ACPID)?;
+    common::sandbox::one_heap();
     let mut aml = AmlWorker::start(hw, &tables, AML_LOAD_TIMEOUT, AML_CALL_TIMEOUT);
     for e in &aml.report.errors {
         log::error!("AML: {e}");

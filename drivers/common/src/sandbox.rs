@@ -742,6 +742,20 @@ fn expand(rule: &Beneath) -> io::Result<Vec<std::path::PathBuf>> {
     Ok(out)
 }
 
+/// Keeps every thread of this process on glibc's main heap. A thread's
+/// own malloc arena grows by `mprotect`, which no profile allows (so no
+/// memory can become executable): a daemon that starts threads calls this
+/// before the first one, or that thread dies of SIGSYS the first time its
+/// arena must grow (acpid's AML thread did, under scheme-fuzz).
+pub fn one_heap() {
+    // SAFETY: mallopt only sets an allocator parameter; no thread exists
+    // yet that could be allocating concurrently with the change.
+    let ok = unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    if ok != 1 {
+        log::warn!("mallopt(M_ARENA_MAX, 1) refused: a thread's heap may need mprotect");
+    }
+}
+
 /// Landlock for the calling thread and every thread it starts from now
 /// on: only the profile's paths (none for a driver), no TCP bind or
 /// connect, signals and abstract unix sockets scoped to this domain.

@@ -18,6 +18,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 pub mod faults;
+pub mod fuzz;
 
 pub use vm::{
     e1000_args, image_dir, kernel_cmdline, machine_args, nic_pair_on_hub, root_port_args,
