@@ -1,0 +1,212 @@
+//! nvmed end to end, in one boot: two QEMU `nvme` controllers on the root
+//! bus. The first has two namespaces (nsid 1: a pattern; nsid 2: a GPT
+//! made by sgdisk), so one nvmed serves `/1`, `/2`, `/2p1`, `/2p2`; the
+//! second has `mdts=2` (16 KiB per command) and one namespace, so a second
+//! nvmed serves it and 1 MiB reads are split by the disk scheme. pcid binds
+//! both to vfio-pci and init starts one unprivileged nvmed each; Linux's
+//! nvme driver is never loaded. Every byte is checked against the host's
+//! backing files, before and after poweroff.
+//!
+//! Run: `make image`, then
+//! `flock /tmp/qemu.lock cargo test --release -p lab --test nvme -- --include-ignored`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use lab::md5_hex;
+use lab::{pattern, Config, Vm};
+
+const CTRL_A: &str = "0000:00:06.0";
+const CTRL_B: &str = "0000:00:07.0";
+const DISKS_A: &str = "/scheme/disk.pci-0000-00-06.0_nvme";
+const DISKS_B: &str = "/scheme/disk.pci-0000-00-07.0_nvme";
+const SIZE_1: usize = 8 << 20;
+const SIZE_2: usize = 16 << 20;
+const SIZE_B: usize = 4 << 20;
+/// GPT partitions on namespace 2, in sectors (first, last).
+const PARTS_2: [(u64, u64); 2] = [(2048, 10239), (10240, 22527)];
+/// Writers running at once on namespace 1, and the region they share.
+const WRITERS: usize = 4;
+const WRITE_REGION: (usize, usize) = (1 << 20, 3 << 20);
+/// nvmed's uid and gid (initfs/etc/passwd).
+const NVMED_ID: u32 = 206;
+/// Linux's own NVMe stack, which must never have been loaded.
+const LINUX_NVME: [&str; 2] = ["nvme", "nvme_core"];
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = lab::workspace_root().join("target/lab");
+    let _ = std::fs::create_dir_all(&dir);
+    dir.join(name)
+}
+
+fn md5_of(vm: &mut Vm, path: &str, bs: &str) -> lab::Result<String> {
+    let out = vm.ok(&format!("dd if={path} bs={bs} 2>/dev/null | md5sum"))?;
+    Ok(out.split_whitespace().next().unwrap_or_default().to_owned())
+}
+
+#[test]
+#[ignore = "boots QEMU: run through `make test`"]
+fn nvme_namespaces_through_the_scheme() -> lab::Result<()> {
+    let started = Instant::now();
+    let path_1 = scratch("nvme-a1.img");
+    let path_2 = scratch("nvme-a2.img");
+    let path_b = scratch("nvme-b1.img");
+    let disk_1 = pattern(11, SIZE_1);
+    std::fs::write(&path_1, &disk_1).map_err(|e| e.to_string())?;
+    let disk_2 = lab::disks::gpt_disk(&path_2, 12, SIZE_2, &PARTS_2)?;
+    let disk_b = pattern(13, SIZE_B);
+    std::fs::write(&path_b, &disk_b).map_err(|e| e.to_string())?;
+    let (plans, expected_1) = lab::disks::write_plans(&disk_1, WRITERS, WRITE_REGION);
+
+    let mut cfg = Config::new("nvme")
+        .args(lab::nvme_args(
+            "c0",
+            "06.0",
+            "",
+            &[(1, &path_1), (2, &path_2)],
+        ))
+        .args(lab::nvme_args("c1", "07.0", ",mdts=2", &[(1, &path_b)]));
+    for (p, plan) in plans.iter().enumerate() {
+        cfg = cfg.file(&format!("/root/plan{p}"), plan.as_bytes(), 0o644);
+    }
+    let mut vm = Vm::boot(cfg)?;
+
+    // Two controllers, two daemons, two schemes; one disk per namespace.
+    let pids: Vec<String> = vm
+        .ok("pidof nvmed")?
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(pids.len(), 2, "expected two nvmed: {pids:?}");
+    for pid in &pids {
+        vm.check_driver_privileges(pid, NVMED_ID)?;
+    }
+    for addr in [CTRL_A, CTRL_B] {
+        vm.check_vfio_bound(addr, &LINUX_NVME)?;
+    }
+    let list = vm.ok(&format!("ls {DISKS_A}"))?;
+    let names: Vec<&str> = list.split_whitespace().collect();
+    assert_eq!(names, ["1", "2", "2p1", "2p2"], "{list}");
+    let list = vm.ok(&format!("ls {DISKS_B}"))?;
+    assert_eq!(list.split_whitespace().collect::<Vec<_>>(), ["1"], "{list}");
+
+    // Whole namespaces, sizes, partitions.
+    for (path, data) in [
+        (format!("{DISKS_A}/1"), &disk_1),
+        (format!("{DISKS_A}/2"), &disk_2),
+    ] {
+        assert_eq!(md5_of(&mut vm, &path, "1M")?, md5_hex(data), "{path}");
+        let size = vm.ok(&format!("stat -c %s {path}"))?;
+        assert_eq!(size.trim(), data.len().to_string(), "{path}");
+    }
+    // Odd block sizes cross sector boundaries in every request.
+    assert_eq!(
+        md5_of(&mut vm, &format!("{DISKS_A}/1"), "3333")?,
+        md5_hex(&disk_1)
+    );
+    for (n, (first, last)) in PARTS_2.iter().enumerate() {
+        let part = &disk_2[*first as usize * 512..(*last as usize + 1) * 512];
+        let path = format!("{DISKS_A}/2p{}", n + 1);
+        assert_eq!(md5_of(&mut vm, &path, "64k")?, md5_hex(part), "{path}");
+        let size = vm.ok(&format!("stat -c %s {path}"))?;
+        assert_eq!(size.trim(), part.len().to_string(), "{path}");
+    }
+
+    // MDTS 2: 16 KiB per command, so each 1 MiB read is 64 commands.
+    assert_eq!(
+        md5_of(&mut vm, &format!("{DISKS_B}/1"), "1M")?,
+        md5_hex(&disk_b)
+    );
+    let log = vm.ok("cat /var/log/nvmed@pci-0000-00-07.0.log")?;
+    assert!(log.contains("up to 16 KiB"), "{log}");
+
+    concurrent_unaligned_writes(&mut vm, &expected_1)?;
+    bad_inputs(&mut vm)?;
+
+    // Nothing above took a daemon down.
+    let after = vm.ok("pidof nvmed")?;
+    for pid in &pids {
+        assert!(
+            after.split_whitespace().any(|p| p == pid),
+            "{pid} gone: {after}"
+        );
+    }
+    let console = vm.console();
+    assert!(!console.contains("exited unexpectedly"), "{console}");
+
+    let status = vm.poweroff(Duration::from_secs(60))?;
+    assert!(status.success(), "qemu: {status}");
+    let host_1 = std::fs::read(&path_1).map_err(|e| e.to_string())?;
+    assert!(
+        host_1 == expected_1,
+        "namespace 1 on the host differs from what the guest wrote"
+    );
+    let host_2 = std::fs::read(&path_2).map_err(|e| e.to_string())?;
+    assert!(host_2 == disk_2, "namespace 2 changed although unwritten");
+    let host_b = std::fs::read(&path_b).map_err(|e| e.to_string())?;
+    assert!(host_b == disk_b, "controller B's namespace changed");
+    eprintln!("nvme scenario: {:?}", started.elapsed());
+    Ok(())
+}
+
+fn concurrent_unaligned_writes(vm: &mut Vm, expected_1: &[u8]) -> lab::Result<()> {
+    let script = format!(
+        "for p in $(seq 0 {last}); do probe writes {DISKS_A}/1 /root/plan$p > /tmp/wrote$p 2>&1 & done; wait; cat /tmp/wrote*",
+        last = WRITERS - 1
+    );
+    let out = vm.sh_timeout(&script, Duration::from_secs(300))?;
+    let text = out.stdout_str();
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("ok ")).count(),
+        WRITERS,
+        "writers: {text}"
+    );
+    // A flush (the controller has a volatile write cache).
+    vm.ok(&format!("probe fsync {DISKS_A}/1"))?;
+    let (lo, hi) = WRITE_REGION;
+    let sum = vm.ok(&format!(
+        "dd if={DISKS_A}/1 bs=1M skip={} count={} 2>/dev/null | md5sum",
+        lo >> 20,
+        (hi - lo) >> 20
+    ))?;
+    assert_eq!(
+        sum.split_whitespace().next(),
+        Some(md5_hex(&expected_1[lo..hi]).as_str())
+    );
+    Ok(())
+}
+
+fn bad_inputs(vm: &mut Vm) -> lab::Result<()> {
+    let probe = |vm: &mut Vm, args: &str| -> lab::Result<String> {
+        Ok(vm
+            .sh(&format!("probe {args}"))?
+            .stdout_str()
+            .trim()
+            .to_owned())
+    };
+    // Namespace ids start at 1; 3 does not exist; 1 has no partitions.
+    for bad in ["0", "3", "1p1", "01", "zz"] {
+        assert_eq!(
+            probe(vm, &format!("open {DISKS_A}/{bad} r"))?,
+            "err ENOENT",
+            "{bad}"
+        );
+    }
+    let d1 = format!("{DISKS_A}/1");
+    assert_eq!(probe(vm, &format!("pread {d1} {SIZE_1} 16"))?, "ok 0");
+    assert_eq!(
+        probe(vm, &format!("pwrite {d1} {SIZE_1} 00"))?,
+        "err ENOSPC"
+    );
+    assert_eq!(
+        probe(vm, &format!("pwrite {d1} {} 00", 1u64 << 40))?,
+        "err ENOSPC"
+    );
+    assert_eq!(probe(vm, &format!("ioctl {d1} 0x1234"))?, "err ENOTTY");
+    assert_eq!(probe(vm, &format!("ioctl {d1} 0xc0ffee00"))?, "err ENOTTY");
+    assert_eq!(
+        probe(vm, &format!("ioctl-u64 {d1} 0x80081272"))?,
+        format!("ok 0 {SIZE_1}")
+    );
+    Ok(())
+}
