@@ -28,6 +28,8 @@ const PARTS_2: [(u64, u64); 2] = [(2048, 10239), (10240, 22527)];
 /// Writers running at once on namespace 1, and the region they share.
 const WRITERS: usize = 4;
 const WRITE_REGION: (usize, usize) = (1 << 20, 3 << 20);
+/// The most the unit's memlock may exceed what a daemon pins.
+const HEADROOM: u64 = 3 << 19;
 /// nvmed's uid and gid (initfs/etc/passwd).
 const NVMED_ID: u32 = 206;
 /// Linux's own NVMe stack, which must never have been loaded.
@@ -122,6 +124,8 @@ fn nvme_namespaces_through_the_scheme() -> lab::Result<()> {
 
     concurrent_unaligned_writes(&mut vm, &expected_1)?;
     bad_inputs(&mut vm)?;
+    every_queue_has_its_vector(&mut vm)?;
+    memlock_fits(&mut vm)?;
 
     // Nothing above took a daemon down.
     let after = vm.ok("pidof nvmed")?;
@@ -209,4 +213,68 @@ fn bad_inputs(vm: &mut Vm) -> lab::Result<()> {
         format!("ok 0 {SIZE_1}")
     );
     Ok(())
+}
+
+/// Both I/O completion queues of controller A raised their own MSI-X
+/// vector (1 and 2; 0 is the admin queue's) during the load above.
+fn every_queue_has_its_vector(vm: &mut Vm) -> lab::Result<()> {
+    let table = vm.ok("cat /proc/interrupts")?;
+    for vector in [1, 2] {
+        let name = format!("vfio-msix[{vector}]({CTRL_A})");
+        let line = table
+            .lines()
+            .find(|l| l.contains(&name))
+            .ok_or_else(|| format!("no {name} in /proc/interrupts:\n{table}"))?;
+        let count: u64 = line
+            .split_whitespace()
+            .skip(1)
+            .map_while(|w| w.parse::<u64>().ok())
+            .sum();
+        println!("nvme: {name}: {count} interrupts");
+        assert!(count > 0, "{line}");
+    }
+    Ok(())
+}
+
+/// Each daemon's RLIMIT_MEMLOCK is above the DMA it pins (VFIO type1
+/// accounts pinned pages in VmLck / VmPin); controller A's, with QEMU's
+/// default MDTS (the largest bounce buffers we use), only just: the
+/// unit's limit is sized for it. B's (MDTS 2) pins far less.
+fn memlock_fits(vm: &mut Vm) -> lab::Result<()> {
+    for ctrl in [CTRL_A, CTRL_B] {
+        let unit = format!("nvmed@{}", pcid_name(ctrl));
+        let pid = vm.ok(&format!(
+            "dd if=/scheme/init/{unit} bs=4k 2>/dev/null | sed -n 's/^pid: //p'"
+        ))?;
+        let pid = pid.trim();
+        let status = vm.ok(&format!("cat /proc/{pid}/status"))?;
+        let kb = |name: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        let pinned = (kb("VmLck:") + kb("VmPin:")) * 1024;
+        let limits = vm.ok(&format!("grep 'Max locked memory' /proc/{pid}/limits"))?;
+        let limit: u64 = limits
+            .split_whitespace()
+            .nth(3)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("limits line {limits:?}"))?;
+        println!("nvme: {unit}: memlock {limit}, pinned {pinned}");
+        assert!(pinned > 0 && pinned <= limit, "{unit}: {pinned} of {limit}");
+        if ctrl == CTRL_A {
+            assert!(
+                limit - pinned <= HEADROOM,
+                "{unit}: memlock {limit} more than {HEADROOM} above the {pinned} pinned"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `0000:00:06.0` -> `pci-0000-00-06.0`.
+fn pcid_name(addr: &str) -> String {
+    format!("pci-{}", addr.replace(':', "-"))
 }

@@ -41,8 +41,10 @@ use spec::{admin, cap, cc, csts, reg, Command, ControllerId, CqEntry, NamespaceI
 const ADMIN_QUEUE: u16 = 32;
 /// Entries of each I/O queue (fewer if CAP.MQES says so).
 const IO_QUEUE: u16 = 32;
-/// Requests in flight per I/O queue pair (at most one less than its size).
-const SLOTS_PER_QUEUE: usize = 16;
+/// Requests in flight over all I/O queue pairs, shared out evenly (each
+/// at most one less than its queue's size). Fixed, so the DMA pinned (and
+/// the unit's memlock) does not grow with the number of CPUs.
+const SLOTS: usize = 32;
 /// Largest transfer we offer, whatever MDTS allows: the size of each
 /// slot's bounce buffer, and 128 PRP entries (one list page holds 512).
 pub const MAX_TRANSFER: usize = 512 * 1024;
@@ -115,7 +117,7 @@ pub struct Controller<R: Regs, B: Buffer> {
     next_admin_cid: u16,
     id: Option<ControllerId>,
     io: Vec<Pair<B>>,
-    /// Slot `s` is queue `s / SLOTS_PER_QUEUE`'s; its command id is `s`.
+    /// Slot `s` belongs to queue `s / (slots per queue)`; its command id is `s`.
     slots: Vec<Option<Slot>>,
     free: Vec<Vec<u16>>,
     next_queue: usize,
@@ -367,7 +369,7 @@ impl<R: Regs, B: Buffer> Controller<R, B> {
             .min(granted_sq.saturating_add(1))
             .min(granted_cq.saturating_add(1));
         let size = IO_QUEUE.min(self.mqes.saturating_add(1)).max(2);
-        let per = SLOTS_PER_QUEUE.min(usize::from(size) - 1);
+        let per = (SLOTS / usize::from(count)).clamp(1, usize::from(size) - 1);
         for qid in 1..=count {
             let cq = CompQueue::new(alloc(usize::from(size) * 16)?, size);
             let mut c = Command::new(admin::CREATE_CQ, 0);

@@ -508,7 +508,7 @@ fn bring_up_identifies_namespaces_and_creates_queue_pairs() {
     // MDTS 7 at 4 KiB pages: 512 KiB; the write cache means flushes.
     assert_eq!(infos[0].1.max_transfer, 512 << 10);
     assert!(infos[0].1.can_flush);
-    assert_eq!(infos[0].1.queue_depth, 2 * SLOTS_PER_QUEUE);
+    assert_eq!(infos[0].1.queue_depth, SLOTS);
     let sim = s.borrow();
     assert_eq!(sim.sqs.len(), 3, "admin + 2 I/O submission queues");
     assert_eq!(sim.cqs.len(), 3);
@@ -771,7 +771,8 @@ fn a_small_mdts_limits_the_transfer_and_fewer_granted_queues_are_used() {
     let (c, nss) = bring_up(&s, 4);
     assert_eq!(nss[0].info().max_transfer, 16 << 10);
     assert_eq!(c.borrow().io_queues(), 1);
-    assert_eq!(nss[0].info().queue_depth, SLOTS_PER_QUEUE);
+    // All the slots on the one queue, up to its size less one.
+    assert_eq!(nss[0].info().queue_depth, SLOTS.min(IO_QUEUE as usize - 1));
 }
 
 #[test]
