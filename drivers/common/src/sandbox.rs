@@ -446,10 +446,17 @@ pub const E1000D: Profile = Profile {
     files: &[],
 };
 
-/// nvmed: MSI-X, so the loop never needs an ioctl.
+/// nvmed: MSI-X, so the loop never needs an ioctl; opening `health`
+/// waits (bounded) on the admin queue's interrupt.
 pub const NVMED: Profile = Profile {
     daemon: "nvmed",
-    extras: &[EPOLL_LOOP],
+    extras: &[
+        EPOLL_LOOP,
+        &[call!(
+            SYS_ppoll,
+            "the health file's bounded wait for the admin queue's interrupt"
+        )],
+    ],
     files: &[],
 };
 

@@ -2,15 +2,22 @@
 //! bus. The first has two namespaces (nsid 1: a pattern; nsid 2: a GPT
 //! made by sgdisk), so one nvmed serves `/1`, `/2`, `/2p1`, `/2p2`; the
 //! second has `mdts=2` (16 KiB per command) and one namespace, so a second
-//! nvmed serves it and 1 MiB reads are split by the disk scheme. pcid binds
-//! both to vfio-pci and init starts one unprivileged nvmed each; Linux's
-//! nvme driver is never loaded. Every byte is checked against the host's
-//! backing files, before and after poweroff.
+//! nvmed serves it and 1 MiB reads are split by the disk scheme; its second
+//! namespace gets an ext2 file system (through a loop device, mounted with
+//! `-o sync`) while its nvmed is `kill -9`ed under the write load: the
+//! restarted daemon resets the controller and serves on, and after
+//! poweroff the host's `e2fsck -fn` finds the file system clean and
+//! `debugfs` reads back every file. `/health` is the SMART log, whose data
+//! units read move by what was read. pcid binds both controllers to
+//! vfio-pci and init starts one unprivileged nvmed each; Linux's nvme
+//! driver is never loaded. Every byte is checked against the host's backing
+//! files, before and after poweroff.
 //!
 //! Run: `make image`, then
 //! `flock /tmp/qemu.lock cargo test --release -p lab --test nvme -- --include-ignored`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lab::md5_hex;
@@ -23,6 +30,9 @@ const DISKS_B: &str = "/scheme/disk.pci-0000-00-07.0_nvme";
 const SIZE_1: usize = 8 << 20;
 const SIZE_2: usize = 16 << 20;
 const SIZE_B: usize = 4 << 20;
+const SIZE_FS: u64 = 32 << 20;
+/// Files written on controller B's namespace 2.
+const FILES: usize = 24;
 /// GPT partitions on namespace 2, in sectors (first, last).
 const PARTS_2: [(u64, u64); 2] = [(2048, 10239), (10240, 22527)];
 /// Writers running at once on namespace 1, and the region they share.
@@ -58,6 +68,10 @@ fn nvme_namespaces_through_the_scheme() -> lab::Result<()> {
     let disk_2 = lab::disks::gpt_disk(&path_2, 12, SIZE_2, &PARTS_2)?;
     let disk_b = pattern(13, SIZE_B);
     std::fs::write(&path_b, &disk_b).map_err(|e| e.to_string())?;
+    let path_fs = scratch("nvme-b2.img");
+    let f = std::fs::File::create(&path_fs).map_err(|e| e.to_string())?;
+    f.set_len(SIZE_FS).map_err(|e| e.to_string())?;
+    drop(f);
     let (plans, expected_1) = lab::disks::write_plans(&disk_1, WRITERS, WRITE_REGION);
 
     let mut cfg = Config::new("nvme")
@@ -67,7 +81,12 @@ fn nvme_namespaces_through_the_scheme() -> lab::Result<()> {
             "",
             &[(1, &path_1), (2, &path_2)],
         ))
-        .args(lab::nvme_args("c1", "07.0", ",mdts=2", &[(1, &path_b)]));
+        .args(lab::nvme_args(
+            "c1",
+            "07.0",
+            ",mdts=2",
+            &[(1, &path_b), (2, &path_fs)],
+        ));
     for (p, plan) in plans.iter().enumerate() {
         cfg = cfg.file(&format!("/root/plan{p}"), plan.as_bytes(), 0o644);
     }
@@ -88,9 +107,13 @@ fn nvme_namespaces_through_the_scheme() -> lab::Result<()> {
     }
     let list = vm.ok(&format!("ls {DISKS_A}"))?;
     let names: Vec<&str> = list.split_whitespace().collect();
-    assert_eq!(names, ["1", "2", "2p1", "2p2"], "{list}");
+    assert_eq!(names, ["1", "2", "2p1", "2p2", "health"], "{list}");
     let list = vm.ok(&format!("ls {DISKS_B}"))?;
-    assert_eq!(list.split_whitespace().collect::<Vec<_>>(), ["1"], "{list}");
+    assert_eq!(
+        list.split_whitespace().collect::<Vec<_>>(),
+        ["1", "2", "health"],
+        "{list}"
+    );
 
     // Whole namespaces, sizes, partitions.
     for (path, data) in [
@@ -126,6 +149,7 @@ fn nvme_namespaces_through_the_scheme() -> lab::Result<()> {
     bad_inputs(&mut vm)?;
     every_queue_has_its_vector(&mut vm)?;
     memlock_fits(&mut vm)?;
+    health_counts_reads(&mut vm, SIZE_2)?;
 
     // Nothing above took a daemon down.
     let after = vm.ok("pidof nvmed")?;
@@ -138,6 +162,13 @@ fn nvme_namespaces_through_the_scheme() -> lab::Result<()> {
     let console = vm.console();
     assert!(!console.contains("exited unexpectedly"), "{console}");
 
+    let sums = file_system_survives_a_restart(&mut vm)?;
+    // The restarted daemon serves the other namespace as before.
+    assert_eq!(
+        md5_of(&mut vm, &format!("{DISKS_B}/1"), "1M")?,
+        md5_hex(&disk_b)
+    );
+
     let status = vm.poweroff(Duration::from_secs(60))?;
     assert!(status.success(), "qemu: {status}");
     let host_1 = std::fs::read(&path_1).map_err(|e| e.to_string())?;
@@ -149,6 +180,7 @@ fn nvme_namespaces_through_the_scheme() -> lab::Result<()> {
     assert!(host_2 == disk_2, "namespace 2 changed although unwritten");
     let host_b = std::fs::read(&path_b).map_err(|e| e.to_string())?;
     assert!(host_b == disk_b, "controller B's namespace changed");
+    fsck_and_files(&path_fs, &sums)?;
     eprintln!("nvme scenario: {:?}", started.elapsed());
     Ok(())
 }
@@ -277,4 +309,111 @@ fn memlock_fits(vm: &mut Vm) -> lab::Result<()> {
 /// `0000:00:06.0` -> `pci-0000-00-06.0`.
 fn pcid_name(addr: &str) -> String {
     format!("pci-{}", addr.replace(':', "-"))
+}
+
+/// `data_units_read` of controller A's SMART log, from `/health`.
+fn data_units_read(vm: &mut Vm) -> lab::Result<u64> {
+    let text = vm.ok(&format!("cat {DISKS_A}/health"))?;
+    for want in [
+        "temperature",
+        "percentage_used",
+        "data_units_written",
+        "media_errors",
+    ] {
+        assert!(text.contains(want), "{want} missing: {text}");
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix("data_units_read"))
+        .and_then(|v| v.trim_start_matches([' ', ':']).trim().parse().ok())
+        .ok_or_else(|| format!("no data_units_read in {text}"))
+}
+
+/// Reading `bytes` moves "data units read" (thousands of 512-byte units,
+/// rounded up) by bytes / 512 / 1000, give or take the rounding.
+fn health_counts_reads(vm: &mut Vm, bytes: usize) -> lab::Result<()> {
+    let before = data_units_read(vm)?;
+    md5_of(vm, &format!("{DISKS_A}/2"), "1M")?;
+    let after = data_units_read(vm)?;
+    let units = (bytes / 512 / 1000) as u64;
+    println!("nvme: data units read {before} -> {after} for {bytes} bytes");
+    assert!(
+        (units..=units + 1).contains(&(after - before)),
+        "data units read moved {before} -> {after} for {bytes} bytes"
+    );
+    Ok(())
+}
+
+/// ext2 on controller B's namespace 2, its daemon killed under the write
+/// load; returns (md5, name) of every file as the guest read it back.
+fn file_system_survives_a_restart(vm: &mut Vm) -> lab::Result<Vec<(String, String)>> {
+    let unit = "nvmed@pci-0000-00-07.0";
+    vm.ok(
+        "for m in loop crc16 mbcache jbd2 crc32c_generic ext4; do insmod /lib/modules/$m.ko || exit 1; done",
+    )?;
+    vm.ok(&format!(
+        "losetup /dev/loop0 {DISKS_B}/2 && mke2fs -q /dev/loop0 >/dev/null && mkdir -p /tmp/mnt && \
+         mount -t ext4 -o sync /dev/loop0 /tmp/mnt"
+    ))?;
+    let out = vm.sh_timeout(
+        &format!(
+            "(for i in $(seq {FILES}); do dd if=/dev/urandom of=/tmp/mnt/f$i bs=64k count=4 2>/dev/null || exit 1; done; sync) & \
+             w=$!; while [ ! -e /tmp/mnt/f6 ]; do sleep 0.05; done; [ -e /tmp/mnt/f{FILES} ] && echo LATE; \
+             kill -9 $(dd if=/scheme/init/{unit} bs=4k 2>/dev/null | sed -n 's/^pid: //p') || exit 9; \
+             wait $w || exit 8; cd /tmp/mnt && md5sum f*"
+        ),
+        Duration::from_secs(300),
+    )?;
+    assert!(out.success(), "{}{}", out.stdout_str(), out.stderr_str());
+    assert!(
+        !out.stdout_str().contains("LATE"),
+        "the load ended before the kill"
+    );
+    let sums: Vec<(String, String)> = out
+        .stdout_str()
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            Some((w.next()?.to_owned(), w.next()?.to_owned()))
+        })
+        .collect();
+    assert_eq!(sums.len(), FILES, "{}", out.stdout_str());
+    let console = vm.console();
+    assert!(
+        console.contains(&format!("service {unit} exited: killed by signal 9")),
+        "the driver was not killed under the load"
+    );
+    let state = vm.ok(&format!("dd if=/scheme/init/{unit} bs=4k 2>/dev/null"))?;
+    assert!(
+        state.contains("restarts: 1\n") && state.contains("state: running"),
+        "{state}"
+    );
+    vm.ok("umount /tmp/mnt && losetup -d /dev/loop0")?;
+    Ok(sums)
+}
+
+/// The host's `e2fsck -fn` finds the file system clean, and `debugfs`
+/// reads every file back with the guest's checksum.
+fn fsck_and_files(path: &Path, sums: &[(String, String)]) -> lab::Result<()> {
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(path)
+        .output()
+        .map_err(|e| format!("cannot run e2fsck (apt-get install e2fsprogs): {e}"))?;
+    assert!(
+        fsck.status.success(),
+        "e2fsck: {}{}",
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+    for (sum, name) in sums {
+        let cat = Command::new("debugfs")
+            .arg("-R")
+            .arg(format!("cat /{name}"))
+            .arg(path)
+            .output()
+            .map_err(|e| format!("cannot run debugfs: {e}"))?;
+        assert_eq!(&lab::md5_hex(&cat.stdout), sum, "{name} on the host");
+        assert_eq!(cat.stdout.len(), 256 * 1024, "{name}");
+    }
+    Ok(())
 }

@@ -12,6 +12,9 @@
 //!   the next write gets `ENOSPC`, as on a Linux block device;
 //! - partitions are bounded the same way by their extent.
 //!
+//! A driver may add small read-only files beside the disks
+//! ([`DiskScheme::add_file`]: nvmed's `health`), rendered when opened.
+//!
 //! Reads, writes and fsync are deferred (`EINPROGRESS`): submitted to the
 //! device at once and answered from [`DiskScheme::on_irq`].
 
@@ -22,8 +25,8 @@ use scheme::{
     ioctl, CallerCtx, Completion, DirentBuf, DirentKind, Handles, OpenResult, Scheme, Stat,
 };
 use syscall::error::{
-    Error, Result, EACCES, EBADF, EINPROGRESS, EINVAL, EISDIR, ENOENT, ENOSPC, ENOTDIR, ENOTTY,
-    EROFS,
+    Error, Result, EACCES, EBADF, EINPROGRESS, EINVAL, EIO, EISDIR, ENOENT, ENOSPC, ENOTDIR,
+    ENOTTY, EROFS,
 };
 use syscall::flag::{MODE_DIR, MODE_FILE, O_DIRECTORY, O_RDONLY, O_STAT, O_WRONLY};
 
@@ -43,6 +46,18 @@ pub const BLKSSZGET: u32 = ioctl::io(0x12, 104);
 /// write, like `/dev/sd*`).
 const DISK_MODE: u16 = 0o660;
 const ROOT_MODE: u16 = 0o755;
+/// Permission bits of a driver's extra files (anyone may read them).
+const FILE_MODE: u16 = 0o444;
+
+/// Renders one of a driver's extra files, when it is opened. It runs in
+/// the event loop: it must bound any wait on the device. `Send`, like the
+/// rest of a scheme, so a scheme can be served from another thread.
+pub type FileSource = Box<dyn FnMut() -> io::Result<Vec<u8>> + Send>;
+
+struct ExtraFile {
+    name: String,
+    source: FileSource,
+}
 
 struct Disk<D> {
     /// Its name in the namespace (`/N`).
@@ -56,17 +71,22 @@ enum Target {
     Root,
     /// Disk index (not number), and index into its `parts` for a partition.
     Disk(usize, Option<usize>),
+    /// One of the driver's extra files, by index.
+    File(usize),
 }
 
 struct Handle {
     target: Target,
     read: bool,
     write: bool,
+    /// An extra file's content, rendered at open.
+    content: Option<Vec<u8>>,
 }
 
 /// The `disk.*` scheme over the disks of one driver.
 pub struct DiskScheme<D: BlockDevice> {
     disks: Vec<Disk<D>>,
+    files: Vec<ExtraFile>,
     handles: Handles<Handle>,
     uid: u32,
     gid: u32,
@@ -125,6 +145,7 @@ impl<D: BlockDevice> DiskScheme<D> {
         }
         DiskScheme {
             disks: out,
+            files: Vec::new(),
             handles: Handles::new(),
             uid: rustix::process::getuid().as_raw(),
             gid: rustix::process::getgid().as_raw(),
@@ -136,6 +157,23 @@ impl<D: BlockDevice> DiskScheme<D> {
     pub fn set_owner(&mut self, uid: u32, gid: u32) {
         self.uid = uid;
         self.gid = gid;
+    }
+
+    /// Adds a read-only file `/name` beside the disks, its content made by
+    /// `source` each time it is opened for reading (an error there fails
+    /// the open with `EIO`). A name already in use is refused.
+    pub fn add_file(&mut self, name: &str, source: FileSource) -> io::Result<()> {
+        if name.is_empty() || name.contains('/') || self.names().iter().any(|n| n == name) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("cannot add a file named {name:?}"),
+            ));
+        }
+        self.files.push(ExtraFile {
+            name: name.to_owned(),
+            source,
+        });
+        Ok(())
     }
 
     /// Number of disks.
@@ -180,6 +218,9 @@ impl<D: BlockDevice> DiskScheme<D> {
         if path.is_empty() {
             return Ok(Target::Root);
         }
+        if let Some(i) = self.files.iter().position(|f| f.name == path) {
+            return Ok(Target::File(i));
+        }
         let (disk, part) = match path.split_once('p') {
             Some((d, p)) => (d, Some(p)),
             None => (path, None),
@@ -208,7 +249,11 @@ impl<D: BlockDevice> DiskScheme<D> {
     /// Disk index, first byte on the disk and size in bytes of a target.
     fn extent(&self, target: Target) -> Result<(usize, u64, u64)> {
         let Target::Disk(i, part) = target else {
-            return Err(Error::new(EISDIR));
+            return Err(Error::new(if target == Target::Root {
+                EISDIR
+            } else {
+                EINVAL
+            }));
         };
         let d = self.disks.get(i).ok_or(Error::new(EBADF))?;
         let geo = d.engine.geometry();
@@ -244,6 +289,7 @@ impl<D: BlockDevice> DiskScheme<D> {
             names.push(n.to_string());
             names.extend(d.parts.iter().map(|p| format!("{n}p{}", p.number)));
         }
+        names.extend(self.files.iter().map(|f| f.name.clone()));
         names
     }
 }
@@ -266,6 +312,26 @@ impl<D: BlockDevice> Scheme for DiskScheme<D> {
         match target {
             Target::Root if write => return Err(Error::new(EISDIR)),
             Target::Root => {}
+            Target::File(_) if write => return Err(Error::new(EACCES)),
+            Target::File(_) if flags & O_DIRECTORY == O_DIRECTORY => {
+                return Err(Error::new(ENOTDIR))
+            }
+            Target::File(i) => {
+                if read {
+                    let f = &mut self.files[i];
+                    let content = (f.source)().map_err(|e| {
+                        warn!("/{}: {e}", f.name);
+                        Error::new(EIO)
+                    })?;
+                    let id = self.handles.insert(Handle {
+                        target,
+                        read,
+                        write,
+                        content: Some(content),
+                    });
+                    return Ok(OpenResult::file(id));
+                }
+            }
             Target::Disk(..) if flags & O_DIRECTORY == O_DIRECTORY => {
                 return Err(Error::new(ENOTDIR))
             }
@@ -284,6 +350,7 @@ impl<D: BlockDevice> Scheme for DiskScheme<D> {
             target,
             read,
             write,
+            content: None,
         });
         Ok(OpenResult::file(id))
     }
@@ -296,6 +363,14 @@ impl<D: BlockDevice> Scheme for DiskScheme<D> {
         _fcntl_flags: u32,
         ctx: &CallerCtx,
     ) -> Result<usize> {
+        if let Some(content) = self.handles.get(id)?.content.as_deref() {
+            let from = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(content.len());
+            let n = buf.len().min(content.len() - from);
+            buf[..n].copy_from_slice(&content[from..from + n]);
+            return Ok(n);
+        }
         let (disk, base, size) = self.data_extent(id, false)?;
         if buf.is_empty() || offset >= size {
             return Ok(0);
@@ -352,6 +427,22 @@ impl<D: BlockDevice> Scheme for DiskScheme<D> {
                 stat.st_mode = MODE_DIR | ROOT_MODE;
                 stat.st_size = 0;
             }
+            Target::File(i) => {
+                // The kernel bounds reads by this size, so a stat-only
+                // handle renders the file to know it.
+                let size = match h.content.as_ref() {
+                    Some(c) => c.len(),
+                    None => self.files.get_mut(i).map_or(0, |f| match (f.source)() {
+                        Ok(c) => c.len(),
+                        Err(e) => {
+                            warn!("/{}: {e}", f.name);
+                            0
+                        }
+                    }),
+                };
+                stat.st_mode = MODE_FILE | FILE_MODE;
+                stat.st_size = size as u64;
+            }
             target => {
                 let (disk, _, size) = self.extent(target)?;
                 let bs = self.disks[disk].engine.geometry().bs;
@@ -406,7 +497,7 @@ impl<D: BlockDevice> Scheme for DiskScheme<D> {
         let Ok(cmd) = u32::try_from(cmd) else {
             return Err(Error::new(ENOTTY));
         };
-        if h.target == Target::Root {
+        if !matches!(h.target, Target::Disk(..)) {
             return Err(Error::new(ENOTTY));
         }
         let (disk, _, size) = self.extent(h.target)?;

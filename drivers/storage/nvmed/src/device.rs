@@ -15,9 +15,8 @@
 //! (`device/tests.rs`). `queue.rs` keeps the queue arithmetic, `spec.rs`
 //! the specification's layouts and constants.
 
-use std::cell::RefCell;
 use std::io;
-use std::rc::Rc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use block::{BlockDevice, DiskInfo, Done, Op};
@@ -588,6 +587,17 @@ impl<R: Regs, B: Buffer> Controller<R, B> {
         }
     }
 
+    /// The SMART / Health Information log, rendered as text.
+    pub fn health(&mut self, wait: Wait<'_>) -> io::Result<Vec<u8>> {
+        let mut cmd = Command::new(admin::GET_LOG_PAGE, admin::NSID_ALL);
+        // 512 bytes: 128 dwords, 0's based, in NUMDL (31:16).
+        cmd.cdw10 = U32::new(127 << 16 | admin::LOG_SMART);
+        self.admin_sync(cmd, wait)?;
+        let log = spec::SmartLog::parse(&self.data())
+            .ok_or_else(|| io::Error::other("short SMART log page"))?;
+        Ok(log.render().into_bytes())
+    }
+
     /// The controller's identity, once read.
     pub fn id(&self) -> Option<&ControllerId> {
         self.id.as_ref()
@@ -611,16 +621,26 @@ fn write64<R: Regs>(regs: &mut R, off: usize, v: u64) {
     regs.write32(off + 4, (v >> 32) as u32);
 }
 
+/// The controller, shared by its namespaces (and the health file). One
+/// thread uses it; the mutex is what makes it `Send` with them.
+pub type Shared<R, B> = Arc<Mutex<Controller<R, B>>>;
+
+/// The controller behind `shared`. A panic never happens while it is
+/// held, so a poisoned lock's state is still consistent.
+pub fn lock<R: Regs, B: Buffer>(shared: &Shared<R, B>) -> MutexGuard<'_, Controller<R, B>> {
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// One namespace of a shared controller, as the disk scheme sees it.
 pub struct Namespace<R: Regs, B: Buffer> {
     ns: NsInfo,
     info: DiskInfo,
-    ctrl: Rc<RefCell<Controller<R, B>>>,
+    ctrl: Shared<R, B>,
 }
 
 impl<R: Regs, B: Buffer> Namespace<R, B> {
-    pub fn new(ctrl: &Rc<RefCell<Controller<R, B>>>, ns: NsInfo) -> Namespace<R, B> {
-        let c = ctrl.borrow();
+    pub fn new(ctrl: &Shared<R, B>, ns: NsInfo) -> Namespace<R, B> {
+        let c = lock(ctrl);
         let bs = ns.block_size as usize;
         let info = DiskInfo {
             block_size: ns.block_size,
@@ -650,11 +670,11 @@ impl<R: Regs, B: Buffer> BlockDevice for Namespace<R, B> {
     }
 
     fn submit(&mut self, tag: u64, op: Op<'_>) -> syscall::Result<()> {
-        self.ctrl.borrow_mut().submit(&self.ns, tag, op)
+        lock(&self.ctrl).submit(&self.ns, tag, op)
     }
 
     fn complete(&mut self, done: &mut Vec<Done>) {
-        let mut c = self.ctrl.borrow_mut();
+        let mut c = lock(&self.ctrl);
         c.reap();
         c.take_done(self.ns.nsid, done);
     }
@@ -663,16 +683,15 @@ impl<R: Regs, B: Buffer> BlockDevice for Namespace<R, B> {
 #[cfg(test)]
 mod tests;
 
-/// The controller on PCI.
-pub type Pci = Controller<MmioRegion, Dma<[u8]>>;
 /// A namespace of it.
 pub type Disk = Namespace<MmioRegion, Dma<[u8]>>;
 
-/// What `start` brings up: the controller, its namespaces, and the I/O
-/// queues' interrupts (index i: I/O queue i + 1).
+/// What `start` brings up: the controller, its namespaces, the admin
+/// queue's interrupt and the I/O queues' (index i: I/O queue i + 1).
 pub struct Started {
-    pub ctrl: Rc<RefCell<Pci>>,
+    pub ctrl: Shared<MmioRegion, Dma<[u8]>>,
     pub disks: Vec<(u32, Disk)>,
+    pub admin_irq: Irq,
     pub io_irqs: Vec<Irq>,
 }
 
@@ -725,7 +744,7 @@ pub fn start(handle: &PciFunctionHandle) -> io::Result<Started> {
     );
     let namespaces = ctrl.namespaces(&mut wait)?;
     let count = ctrl.create_io_queues(want, &mut alloc, &mut wait)?;
-    let ctrl = Rc::new(RefCell::new(ctrl));
+    let ctrl = Arc::new(Mutex::new(ctrl));
     let disks = namespaces
         .into_iter()
         .map(|ns| {
@@ -743,6 +762,7 @@ pub fn start(handle: &PciFunctionHandle) -> io::Result<Started> {
     Ok(Started {
         ctrl,
         disks,
+        admin_irq,
         io_irqs: irqs.take(usize::from(count)).collect(),
     })
 }

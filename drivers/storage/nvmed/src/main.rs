@@ -3,11 +3,12 @@
 //!
 //! Started by init on pcid's behalf with the function's VFIO container,
 //! VFIO device and pcid channel; runs unprivileged and sandboxed; one event
-//! loop over the FUSE fd and one MSI-X eventfd per I/O completion queue.
+//! loop over the FUSE fd and one MSI-X eventfd per I/O completion queue;
+//! `/health` is the controller's SMART log, asked for when it is opened.
 
 use std::io;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use block::DiskScheme;
 use common::DriverLoop;
@@ -22,6 +23,9 @@ const NVME_CLASS: (u8, u8, u8) = (0x01, 0x08, 0x02);
 
 /// Start-up reads (partition tables) must finish within this; TCG is slow.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The longest an open of `health` waits for the controller's answer.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
     daemon::main_with(run)
@@ -46,6 +50,7 @@ fn run() -> io::Result<()> {
     let Started {
         ctrl,
         disks,
+        admin_irq,
         io_irqs,
     } = device::start(&handle)?;
 
@@ -60,7 +65,27 @@ fn run() -> io::Result<()> {
         }
         Ok(())
     };
-    let scheme = DiskScheme::numbered(disks, &mut wait);
+    let mut scheme = DiskScheme::numbered(disks, &mut wait);
+    let health = ctrl.clone();
+    scheme.add_file(
+        "health",
+        Box::new(move || {
+            // An admin command from inside the event loop: bounded, so a
+            // controller that does not answer costs one open, not the loop.
+            let deadline = Instant::now() + HEALTH_TIMEOUT;
+            let mut wait = |_: Duration| -> io::Result<()> {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() || admin_irq.wait(left)? == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "SMART log not answered in time",
+                    ));
+                }
+                Ok(())
+            };
+            device::lock(&health).health(&mut wait)
+        }),
+    )?;
 
     let daemon = daemon::Daemon::from_env()?;
     let reg = daemon.register_scheme(&format!("disk.{}_nvme", handle.name()))?;
@@ -77,7 +102,7 @@ fn run() -> io::Result<()> {
         // and the supervisor restarts it on a reset controller.
         lp = lp.on_irq(irq, move |disks: &mut DiskScheme<Disk>| {
             disks.on_irq();
-            ctrl.borrow().check_fatal()
+            device::lock(&ctrl).check_fatal()
         })?;
     }
     lp.on_removal(removal)?.run()

@@ -73,6 +73,7 @@ pub mod csts {
 /// Admin opcodes (5).
 pub mod admin {
     pub const CREATE_SQ: u8 = 0x01;
+    pub const GET_LOG_PAGE: u8 = 0x02;
     pub const CREATE_CQ: u8 = 0x05;
     pub const IDENTIFY: u8 = 0x06;
     pub const SET_FEATURES: u8 = 0x09;
@@ -82,6 +83,10 @@ pub mod admin {
     pub const CNS_ACTIVE_NSIDS: u32 = 0x02;
     /// Feature: number of queues.
     pub const FEAT_NUM_QUEUES: u32 = 0x07;
+    /// Log page: SMART / Health Information (512 bytes).
+    pub const LOG_SMART: u32 = 0x02;
+    /// The namespace id meaning "the controller as a whole".
+    pub const NSID_ALL: u32 = 0xffff_ffff;
 }
 
 /// NVM command set opcodes (6).
@@ -348,4 +353,144 @@ pub fn parse_nsids(data: &[u8]) -> Vec<u32> {
         .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .take_while(|&id| id != 0)
         .collect()
+}
+
+/// The SMART / Health Information log page (figure 207), its fields in
+/// the order and under the names `nvme smart-log` prints them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SmartLog {
+    pub critical_warning: u8,
+    /// Composite temperature, kelvin.
+    pub temperature_k: u16,
+    pub available_spare: u8,
+    pub available_spare_threshold: u8,
+    pub percentage_used: u8,
+    /// In thousands of 512-byte units, rounded up.
+    pub data_units_read: u128,
+    pub data_units_written: u128,
+    pub host_read_commands: u128,
+    pub host_write_commands: u128,
+    pub controller_busy_time: u128,
+    pub power_cycles: u128,
+    pub power_on_hours: u128,
+    pub unsafe_shutdowns: u128,
+    pub media_errors: u128,
+    pub num_err_log_entries: u128,
+}
+
+impl SmartLog {
+    pub fn parse(data: &[u8]) -> Option<SmartLog> {
+        if data.len() < 512 {
+            return None;
+        }
+        let u128_at = |at: usize| -> Option<u128> {
+            Some(u128::from_le_bytes(data[at..at + 16].try_into().ok()?))
+        };
+        Some(SmartLog {
+            critical_warning: data[0],
+            temperature_k: u16::from_le_bytes([data[1], data[2]]),
+            available_spare: data[3],
+            available_spare_threshold: data[4],
+            percentage_used: data[5],
+            data_units_read: u128_at(32)?,
+            data_units_written: u128_at(48)?,
+            host_read_commands: u128_at(64)?,
+            host_write_commands: u128_at(80)?,
+            controller_busy_time: u128_at(96)?,
+            power_cycles: u128_at(112)?,
+            power_on_hours: u128_at(128)?,
+            unsafe_shutdowns: u128_at(144)?,
+            media_errors: u128_at(160)?,
+            num_err_log_entries: u128_at(176)?,
+        })
+    }
+
+    /// As text, one `name : value` line each.
+    pub fn render(&self) -> String {
+        let celsius = i32::from(self.temperature_k) - 273;
+        let mut out = String::new();
+        let mut line = |name: &str, value: String| {
+            out.push_str(&format!("{name:<40}: {value}\n"));
+        };
+        line("critical_warning", self.critical_warning.to_string());
+        line(
+            "temperature",
+            format!("{celsius} C ({} K)", self.temperature_k),
+        );
+        line("available_spare", format!("{}%", self.available_spare));
+        line(
+            "available_spare_threshold",
+            format!("{}%", self.available_spare_threshold),
+        );
+        line("percentage_used", format!("{}%", self.percentage_used));
+        for (name, v) in [
+            ("data_units_read", self.data_units_read),
+            ("data_units_written", self.data_units_written),
+            ("host_read_commands", self.host_read_commands),
+            ("host_write_commands", self.host_write_commands),
+            ("controller_busy_time", self.controller_busy_time),
+            ("power_cycles", self.power_cycles),
+            ("power_on_hours", self.power_on_hours),
+            ("unsafe_shutdowns", self.unsafe_shutdowns),
+            ("media_errors", self.media_errors),
+            ("num_err_log_entries", self.num_err_log_entries),
+        ] {
+            line(name, v.to_string());
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smart_log_fields_are_where_the_spec_puts_them() {
+        let mut page = [0u8; 512];
+        page[0] = 0x04;
+        page[1..3].copy_from_slice(&323u16.to_le_bytes());
+        page[3] = 100;
+        page[4] = 10;
+        page[5] = 3;
+        page[32] = 17;
+        page[48..50].copy_from_slice(&300u16.to_le_bytes());
+        page[160] = 2;
+        let log = SmartLog::parse(&page).unwrap();
+        assert_eq!(log.data_units_read, 17);
+        assert_eq!(log.data_units_written, 300);
+        assert_eq!(log.media_errors, 2);
+        let text = log.render();
+        assert!(
+            text.contains("temperature                             : 50 C (323 K)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("data_units_read                         : 17\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("critical_warning                        : 4\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("percentage_used                         : 3%\n"),
+            "{text}"
+        );
+        assert!(SmartLog::parse(&page[..100]).is_none());
+    }
+
+    #[test]
+    fn identify_namespace_uses_the_format_in_use() {
+        let mut page = vec![0u8; 4096];
+        page[0..8].copy_from_slice(&1000u64.to_le_bytes());
+        page[25] = 1; // two formats
+        page[26] = 1; // the second in use
+        page[128..132].copy_from_slice(&(9u32 << 16).to_le_bytes());
+        page[132..136].copy_from_slice(&(12u32 << 16 | 8).to_le_bytes());
+        let ns = NamespaceId::parse(&page).unwrap();
+        assert_eq!((ns.nsze, ns.lbads, ns.ms), (1000, 12, 8));
+        page[26] = 5; // beyond NLBAF
+        assert!(NamespaceId::parse(&page).is_none());
+    }
 }

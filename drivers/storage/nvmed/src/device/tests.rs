@@ -129,12 +129,14 @@ struct Sim {
     fail_lba: Option<(u64, u8, u8)>,
     /// Data commands seen, by opcode, with their PRPs.
     seen: Vec<Command>,
+    /// Bytes read, for the SMART log.
+    bytes_read: u64,
 }
 
-type Shared = Rc<RefCell<Sim>>;
+type SimShared = Rc<RefCell<Sim>>;
 
 /// BAR0 of the simulated controller.
-struct SimRegs(Shared);
+struct SimRegs(SimShared);
 
 impl Sim {
     fn new(ns: &[(u32, usize, Vec<u8>)]) -> Sim {
@@ -161,6 +163,7 @@ impl Sim {
             auto: true,
             fail_lba: None,
             seen: Vec::new(),
+            bytes_read: 0,
         }
     }
 
@@ -280,6 +283,14 @@ impl Sim {
                 self.bus.write(prp1, &page);
                 (0, 0, 0)
             }
+            admin::GET_LOG_PAGE if c.cdw10.get() & 0xff == admin::LOG_SMART => {
+                let mut page = [0u8; 512];
+                page[1..3].copy_from_slice(&310u16.to_le_bytes());
+                let units = (self.bytes_read / 512).div_ceil(1000);
+                page[32..48].copy_from_slice(&u128::from(units).to_le_bytes());
+                self.bus.write(prp1, &page);
+                (0, 0, 0)
+            }
             admin::SET_FEATURES if c.cdw10.get() == admin::FEAT_NUM_QUEUES => {
                 let g = u32::from(self.granted);
                 let asked = c.cdw11.get() & 0xffff;
@@ -371,6 +382,7 @@ impl Sim {
                     }
                 }
                 let bytes = data[start..start + len].to_vec();
+                self.bytes_read += len as u64;
                 let mut at = 0;
                 for (iova, n) in self.pages(c, len) {
                     self.bus.write(iova, &bytes[at..at + n]);
@@ -463,8 +475,10 @@ fn no_wait() -> impl FnMut(Duration) -> io::Result<()> {
     |_| Err(io::Error::other("the simulated controller answers at once"))
 }
 
-/// A controller brought up the way `start` does, over the simulator.
-fn bring_up(sim: &Shared, queues: u16) -> (Rc<RefCell<TestCtrl>>, Vec<TestNs>) {
+/// A controller brought up the way `start` does, over the simulator
+/// (single-threaded, `Rc` inside: the `Arc` is only `Shared`'s type).
+#[allow(clippy::arc_with_non_send_sync)]
+fn bring_up(sim: &SimShared, queues: u16) -> (Arc<Mutex<TestCtrl>>, Vec<TestNs>) {
     let s2 = sim.clone();
     let mut alloc = move |len: usize| Ok(s2.borrow_mut().bus.alloc(len));
     let mut c = Controller::enable(SimRegs(sim.clone()), &mut alloc).unwrap();
@@ -474,7 +488,7 @@ fn bring_up(sim: &Shared, queues: u16) -> (Rc<RefCell<TestCtrl>>, Vec<TestNs>) {
     let nss = c.namespaces(&mut no_wait()).unwrap();
     c.create_io_queues(queues, &mut alloc, &mut no_wait())
         .unwrap();
-    let c = Rc::new(RefCell::new(c));
+    let c = Arc::new(Mutex::new(c));
     let nss = nss.into_iter().map(|n| Namespace::new(&c, n)).collect();
     (c, nss)
 }
@@ -485,7 +499,7 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn sim(ns: &[(u32, usize, Vec<u8>)]) -> Shared {
+fn sim(ns: &[(u32, usize, Vec<u8>)]) -> SimShared {
     Rc::new(RefCell::new(Sim::new(ns)))
 }
 
@@ -499,7 +513,7 @@ fn complete_all(ns: &mut TestNs) -> Vec<Done> {
 fn bring_up_identifies_namespaces_and_creates_queue_pairs() {
     let s = sim(&[(1, 512, vec![0; 1 << 20]), (3, 4096, vec![0; 2 << 20])]);
     let (c, nss) = bring_up(&s, 2);
-    assert_eq!(c.borrow().io_queues(), 2);
+    assert_eq!(lock(&c).io_queues(), 2);
     let infos: Vec<_> = nss.iter().map(|n| (n.nsid(), n.info())).collect();
     assert_eq!(infos[0].0, 1);
     assert_eq!((infos[0].1.block_size, infos[0].1.blocks), (512, 2048));
@@ -770,7 +784,7 @@ fn a_small_mdts_limits_the_transfer_and_fewer_granted_queues_are_used() {
     s.borrow_mut().granted = 0;
     let (c, nss) = bring_up(&s, 4);
     assert_eq!(nss[0].info().max_transfer, 16 << 10);
-    assert_eq!(c.borrow().io_queues(), 1);
+    assert_eq!(lock(&c).io_queues(), 1);
     // All the slots on the one queue, up to its size less one.
     assert_eq!(nss[0].info().queue_depth, SLOTS.min(IO_QUEUE as usize - 1));
 }
@@ -779,11 +793,40 @@ fn a_small_mdts_limits_the_transfer_and_fewer_granted_queues_are_used() {
 fn fatal_status_is_reported_and_drop_disables_the_controller() {
     let s = sim(&[(1, 512, vec![0; 1 << 20])]);
     let (c, nss) = bring_up(&s, 2);
-    assert!(c.borrow().check_fatal().is_ok());
+    assert!(lock(&c).check_fatal().is_ok());
     s.borrow_mut().csts |= csts::CFS;
-    assert!(c.borrow().check_fatal().is_err());
+    assert!(lock(&c).check_fatal().is_err());
     drop(nss);
     drop(c);
     assert_eq!(s.borrow().cc & cc::EN, 0);
     assert_eq!(s.borrow().csts & csts::RDY, 0);
+}
+
+#[test]
+fn the_health_file_is_the_smart_log_and_counts_reads() {
+    let s = sim(&[(1, 512, vec![0; 4 << 20])]);
+    let (c, mut nss) = bring_up(&s, 2);
+    let units = |c: &Arc<Mutex<TestCtrl>>| -> u64 {
+        let text = String::from_utf8(lock(c).health(&mut no_wait()).unwrap()).unwrap();
+        assert!(text.contains("temperature"), "{text}");
+        text.lines()
+            .find_map(|l| l.strip_prefix("data_units_read"))
+            .and_then(|v| v.trim_start_matches([' ', ':']).parse().ok())
+            .unwrap()
+    };
+    assert_eq!(units(&c), 0);
+    // 2 MiB: 4096 units of 512 bytes, 4.096 thousands: 5 rounded up.
+    for t in 0..4u64 {
+        nss[0]
+            .submit(
+                t,
+                Op::Read {
+                    lba: t * 1024,
+                    blocks: 1024,
+                },
+            )
+            .unwrap();
+    }
+    assert_eq!(complete_all(&mut nss[0]).len(), 4);
+    assert_eq!(units(&c), 5);
 }
