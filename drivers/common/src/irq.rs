@@ -93,29 +93,7 @@ impl Irq {
     /// (for start-up paths before the event loop). Returns the count, 0 on
     /// timeout.
     pub fn wait(&self, timeout: Duration) -> io::Result<u64> {
-        let deadline = Instant::now().checked_add(timeout);
-        loop {
-            let n = self.take()?;
-            if n > 0 {
-                return Ok(n);
-            }
-            let left = match deadline {
-                Some(d) => d.saturating_duration_since(Instant::now()),
-                None => Duration::from_secs(3600),
-            };
-            if left.is_zero() {
-                return Ok(0);
-            }
-            let ts = rustix::event::Timespec {
-                tv_sec: left.as_secs().min(i64::MAX as u64) as i64,
-                tv_nsec: left.subsec_nanos() as _,
-            };
-            let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
-            match rustix::event::poll(&mut fds, Some(&ts)) {
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(os_err("poll on IRQ eventfd", e)),
-            }
-        }
+        wait_any(std::slice::from_ref(self), timeout)
     }
 }
 

@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 pub mod disks;
 pub mod faults;
 pub mod fuzz;
+pub mod storage;
 
 pub use vm::{
     e1000_args, image_dir, kernel_cmdline, machine_args, nic_pair_on_hub, nvme_args,

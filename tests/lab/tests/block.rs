@@ -60,7 +60,13 @@ fn virtio_blk_disks_through_the_scheme() -> lab::Result<()> {
     unprivileged_and_bound(&mut vm, &pids)?;
     whole_disk_reads(&mut vm, &disk_a)?;
     gpt_partitions(&mut vm, &disk_b)?;
-    concurrent_unaligned_writes(&mut vm, &expected_a)?;
+    lab::storage::concurrent_writes(
+        &mut vm,
+        &format!("{DISK_A}/0"),
+        WRITERS,
+        WRITE_REGION,
+        &expected_a,
+    )?;
     writes_to_one_disk_are_in_flight_together(&mut vm, &mut expected_a)?;
     bad_inputs(&mut vm)?;
     pci_scheme(&mut vm)?;
@@ -152,33 +158,6 @@ fn gpt_partitions(vm: &mut Vm, disk_b: &[u8]) -> lab::Result<()> {
     Ok(())
 }
 
-fn concurrent_unaligned_writes(vm: &mut Vm, expected_a: &[u8]) -> lab::Result<()> {
-    let script = format!(
-        "for p in $(seq 0 {last}); do probe writes {DISK_A}/0 /root/plan$p > /tmp/wrote$p 2>&1 & done; wait; cat /tmp/wrote*",
-        last = WRITERS - 1
-    );
-    let out = vm.sh_timeout(&script, Duration::from_secs(300))?;
-    let text = out.stdout_str();
-    assert_eq!(
-        text.lines().filter(|l| l.starts_with("ok ")).count(),
-        WRITERS,
-        "writers: {text}"
-    );
-    vm.ok(&format!("probe fsync {DISK_A}/0"))?;
-    // The guest reads back what the host will find.
-    let (lo, hi) = WRITE_REGION;
-    let sum = vm.ok(&format!(
-        "dd if={DISK_A}/0 bs=1M skip={} count={} 2>/dev/null | md5sum",
-        lo >> 20,
-        (hi - lo) >> 20
-    ))?;
-    assert_eq!(
-        sum.split_whitespace().next(),
-        Some(md5_hex(&expected_a[lo..hi]).as_str())
-    );
-    Ok(())
-}
-
 /// Linux 6.2+ honours `FOPEN_PARALLEL_DIRECT_WRITES`, which the runtime
 /// gives every seekable file: two writes to one disk inside its size reach
 /// the daemon together instead of the second waiting for the first in the
@@ -218,13 +197,7 @@ fn writes_to_one_disk_are_in_flight_together(
 }
 
 fn bad_inputs(vm: &mut Vm) -> lab::Result<()> {
-    let probe = |vm: &mut Vm, args: &str| -> lab::Result<String> {
-        Ok(vm
-            .sh(&format!("probe {args}"))?
-            .stdout_str()
-            .trim()
-            .to_owned())
-    };
+    let probe = lab::storage::probe;
     assert_eq!(probe(vm, &format!("open {DISK_A}/7 r"))?, "err ENOENT");
     assert_eq!(probe(vm, &format!("open {DISK_A}/0p1 r"))?, "err ENOENT");
     assert_eq!(probe(vm, &format!("open {DISK_A}/zz r"))?, "err ENOENT");

@@ -16,8 +16,7 @@
 //! Run: `make image`, then
 //! `flock /tmp/qemu.lock cargo test --release -p lab --test nvme -- --include-ignored`.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use lab::md5_hex;
@@ -145,7 +144,13 @@ fn nvme_namespaces_through_the_scheme() -> lab::Result<()> {
     let log = vm.ok("cat /var/log/nvmed@pci-0000-00-07.0.log")?;
     assert!(log.contains("up to 16 KiB"), "{log}");
 
-    concurrent_unaligned_writes(&mut vm, &expected_1)?;
+    lab::storage::concurrent_writes(
+        &mut vm,
+        &format!("{DISKS_A}/1"),
+        WRITERS,
+        WRITE_REGION,
+        &expected_1,
+    )?;
     bad_inputs(&mut vm)?;
     every_queue_has_its_vector(&mut vm)?;
     memlock_fits(&mut vm)?;
@@ -162,7 +167,21 @@ fn nvme_namespaces_through_the_scheme() -> lab::Result<()> {
     let console = vm.console();
     assert!(!console.contains("exited unexpectedly"), "{console}");
 
-    let sums = file_system_survives_a_restart(&mut vm)?;
+    // ext2 on controller B's namespace 2, its daemon killed under the
+    // load; the restarted one resets the controller and serves on.
+    let unit = "nvmed@pci-0000-00-07.0";
+    let sums = lab::storage::ext2_under_a_kill(
+        &mut vm,
+        &format!("{DISKS_B}/2"),
+        FILES,
+        &format!("kill -9 $(dd if=/scheme/init/{unit} bs=4k 2>/dev/null | sed -n 's/^pid: //p')"),
+        unit,
+    )?;
+    let state = vm.ok(&format!("dd if=/scheme/init/{unit} bs=4k 2>/dev/null"))?;
+    assert!(
+        state.contains("restarts: 1\n") && state.contains("state: running"),
+        "{state}"
+    );
     // The restarted daemon serves the other namespace as before.
     assert_eq!(
         md5_of(&mut vm, &format!("{DISKS_B}/1"), "1M")?,
@@ -180,46 +199,13 @@ fn nvme_namespaces_through_the_scheme() -> lab::Result<()> {
     assert!(host_2 == disk_2, "namespace 2 changed although unwritten");
     let host_b = std::fs::read(&path_b).map_err(|e| e.to_string())?;
     assert!(host_b == disk_b, "controller B's namespace changed");
-    fsck_and_files(&path_fs, &sums)?;
+    lab::storage::fsck_and_files(&path_fs, &sums)?;
     eprintln!("nvme scenario: {:?}", started.elapsed());
     Ok(())
 }
 
-fn concurrent_unaligned_writes(vm: &mut Vm, expected_1: &[u8]) -> lab::Result<()> {
-    let script = format!(
-        "for p in $(seq 0 {last}); do probe writes {DISKS_A}/1 /root/plan$p > /tmp/wrote$p 2>&1 & done; wait; cat /tmp/wrote*",
-        last = WRITERS - 1
-    );
-    let out = vm.sh_timeout(&script, Duration::from_secs(300))?;
-    let text = out.stdout_str();
-    assert_eq!(
-        text.lines().filter(|l| l.starts_with("ok ")).count(),
-        WRITERS,
-        "writers: {text}"
-    );
-    // A flush (the controller has a volatile write cache).
-    vm.ok(&format!("probe fsync {DISKS_A}/1"))?;
-    let (lo, hi) = WRITE_REGION;
-    let sum = vm.ok(&format!(
-        "dd if={DISKS_A}/1 bs=1M skip={} count={} 2>/dev/null | md5sum",
-        lo >> 20,
-        (hi - lo) >> 20
-    ))?;
-    assert_eq!(
-        sum.split_whitespace().next(),
-        Some(md5_hex(&expected_1[lo..hi]).as_str())
-    );
-    Ok(())
-}
-
 fn bad_inputs(vm: &mut Vm) -> lab::Result<()> {
-    let probe = |vm: &mut Vm, args: &str| -> lab::Result<String> {
-        Ok(vm
-            .sh(&format!("probe {args}"))?
-            .stdout_str()
-            .trim()
-            .to_owned())
-    };
+    let probe = lab::storage::probe;
     // Namespace ids start at 1; 3 does not exist; 1 has no partitions.
     for bad in ["0", "3", "1p1", "01", "zz"] {
         assert_eq!(
@@ -268,32 +254,16 @@ fn every_queue_has_its_vector(vm: &mut Vm) -> lab::Result<()> {
     Ok(())
 }
 
-/// Each daemon's RLIMIT_MEMLOCK is above the DMA it pins (VFIO type1
-/// accounts pinned pages in VmLck / VmPin); controller A's, with QEMU's
-/// default MDTS (the largest bounce buffers we use), only just: the
-/// unit's limit is sized for it. B's (MDTS 2) pins far less.
+/// Each daemon's RLIMIT_MEMLOCK is above the DMA it pins; controller
+/// A's, with QEMU's default MDTS (the largest bounce buffers we use), only
+/// just: the unit's limit is sized for it. B's (MDTS 2) pins far less.
 fn memlock_fits(vm: &mut Vm) -> lab::Result<()> {
     for ctrl in [CTRL_A, CTRL_B] {
         let unit = format!("nvmed@{}", pcid_name(ctrl));
         let pid = vm.ok(&format!(
             "dd if=/scheme/init/{unit} bs=4k 2>/dev/null | sed -n 's/^pid: //p'"
         ))?;
-        let pid = pid.trim();
-        let status = vm.ok(&format!("cat /proc/{pid}/status"))?;
-        let kb = |name: &str| -> u64 {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                .unwrap_or(0)
-        };
-        let pinned = (kb("VmLck:") + kb("VmPin:")) * 1024;
-        let limits = vm.ok(&format!("grep 'Max locked memory' /proc/{pid}/limits"))?;
-        let limit: u64 = limits
-            .split_whitespace()
-            .nth(3)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| format!("limits line {limits:?}"))?;
+        let (limit, pinned) = lab::storage::memlock(vm, pid.trim())?;
         println!("nvme: {unit}: memlock {limit}, pinned {pinned}");
         assert!(pinned > 0 && pinned <= limit, "{unit}: {pinned} of {limit}");
         if ctrl == CTRL_A {
@@ -340,80 +310,5 @@ fn health_counts_reads(vm: &mut Vm, bytes: usize) -> lab::Result<()> {
         (units..=units + 1).contains(&(after - before)),
         "data units read moved {before} -> {after} for {bytes} bytes"
     );
-    Ok(())
-}
-
-/// ext2 on controller B's namespace 2, its daemon killed under the write
-/// load; returns (md5, name) of every file as the guest read it back.
-fn file_system_survives_a_restart(vm: &mut Vm) -> lab::Result<Vec<(String, String)>> {
-    let unit = "nvmed@pci-0000-00-07.0";
-    vm.ok(
-        "for m in loop crc16 mbcache jbd2 crc32c_generic ext4; do insmod /lib/modules/$m.ko || exit 1; done",
-    )?;
-    vm.ok(&format!(
-        "losetup /dev/loop0 {DISKS_B}/2 && mke2fs -q /dev/loop0 >/dev/null && mkdir -p /tmp/mnt && \
-         mount -t ext4 -o sync /dev/loop0 /tmp/mnt"
-    ))?;
-    let out = vm.sh_timeout(
-        &format!(
-            "(for i in $(seq {FILES}); do dd if=/dev/urandom of=/tmp/mnt/f$i bs=64k count=4 2>/dev/null || exit 1; done; sync) & \
-             w=$!; while [ ! -e /tmp/mnt/f6 ]; do sleep 0.05; done; [ -e /tmp/mnt/f{FILES} ] && echo LATE; \
-             kill -9 $(dd if=/scheme/init/{unit} bs=4k 2>/dev/null | sed -n 's/^pid: //p') || exit 9; \
-             wait $w || exit 8; cd /tmp/mnt && md5sum f*"
-        ),
-        Duration::from_secs(300),
-    )?;
-    assert!(out.success(), "{}{}", out.stdout_str(), out.stderr_str());
-    assert!(
-        !out.stdout_str().contains("LATE"),
-        "the load ended before the kill"
-    );
-    let sums: Vec<(String, String)> = out
-        .stdout_str()
-        .lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            Some((w.next()?.to_owned(), w.next()?.to_owned()))
-        })
-        .collect();
-    assert_eq!(sums.len(), FILES, "{}", out.stdout_str());
-    let console = vm.console();
-    assert!(
-        console.contains(&format!("service {unit} exited: killed by signal 9")),
-        "the driver was not killed under the load"
-    );
-    let state = vm.ok(&format!("dd if=/scheme/init/{unit} bs=4k 2>/dev/null"))?;
-    assert!(
-        state.contains("restarts: 1\n") && state.contains("state: running"),
-        "{state}"
-    );
-    vm.ok("umount /tmp/mnt && losetup -d /dev/loop0")?;
-    Ok(sums)
-}
-
-/// The host's `e2fsck -fn` finds the file system clean, and `debugfs`
-/// reads every file back with the guest's checksum.
-fn fsck_and_files(path: &Path, sums: &[(String, String)]) -> lab::Result<()> {
-    let fsck = Command::new("e2fsck")
-        .arg("-fn")
-        .arg(path)
-        .output()
-        .map_err(|e| format!("cannot run e2fsck (apt-get install e2fsprogs): {e}"))?;
-    assert!(
-        fsck.status.success(),
-        "e2fsck: {}{}",
-        String::from_utf8_lossy(&fsck.stdout),
-        String::from_utf8_lossy(&fsck.stderr)
-    );
-    for (sum, name) in sums {
-        let cat = Command::new("debugfs")
-            .arg("-R")
-            .arg(format!("cat /{name}"))
-            .arg(path)
-            .output()
-            .map_err(|e| format!("cannot run debugfs: {e}"))?;
-        assert_eq!(&lab::md5_hex(&cat.stdout), sum, "{name} on the host");
-        assert_eq!(cat.stdout.len(), 256 * 1024, "{name}");
-    }
     Ok(())
 }

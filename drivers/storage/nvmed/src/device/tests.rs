@@ -105,6 +105,18 @@ struct SimQueue {
     cq_or_phase: u16,
 }
 
+impl SimQueue {
+    fn new(iova: u64, size: u16, cq_or_phase: u16) -> SimQueue {
+        SimQueue {
+            iova,
+            size,
+            pos: 0,
+            bell: 0,
+            cq_or_phase,
+        }
+    }
+}
+
 /// The simulated controller's state, shared with the test.
 struct Sim {
     bus: Bus,
@@ -300,16 +312,7 @@ impl Sim {
             admin::CREATE_CQ => {
                 let qid = c.cdw10.get() as u16;
                 let size = (c.cdw10.get() >> 16) as u16 + 1;
-                self.cqs.insert(
-                    qid,
-                    SimQueue {
-                        iova: prp1,
-                        size,
-                        pos: 0,
-                        bell: 0,
-                        cq_or_phase: 1,
-                    },
-                );
+                self.cqs.insert(qid, SimQueue::new(prp1, size, 1));
                 (0, 0, 0)
             }
             admin::CREATE_SQ => {
@@ -319,16 +322,7 @@ impl Sim {
                 if !self.cqs.contains_key(&cqid) {
                     return (0, 1, 0x00);
                 }
-                self.sqs.insert(
-                    qid,
-                    SimQueue {
-                        iova: prp1,
-                        size,
-                        pos: 0,
-                        bell: 0,
-                        cq_or_phase: cqid,
-                    },
-                );
+                self.sqs.insert(qid, SimQueue::new(prp1, size, cqid));
                 (0, 0, 0)
             }
             _ => (0, 0, 0x01),
@@ -428,26 +422,8 @@ impl Regs for SimRegs {
                 if was == 0 && v & cc::EN != 0 {
                     let (sq, cq) = ((s.aqa & 0xfff) as u16 + 1, (s.aqa >> 16 & 0xfff) as u16 + 1);
                     let (asq, acq) = (s.asq, s.acq);
-                    s.cqs.insert(
-                        0,
-                        SimQueue {
-                            iova: acq,
-                            size: cq,
-                            pos: 0,
-                            bell: 0,
-                            cq_or_phase: 1,
-                        },
-                    );
-                    s.sqs.insert(
-                        0,
-                        SimQueue {
-                            iova: asq,
-                            size: sq,
-                            pos: 0,
-                            bell: 0,
-                            cq_or_phase: 0,
-                        },
-                    );
+                    s.cqs.insert(0, SimQueue::new(acq, cq, 1));
+                    s.sqs.insert(0, SimQueue::new(asq, sq, 0));
                     s.csts |= csts::RDY;
                 } else if was != 0 && v & cc::EN == 0 {
                     s.sqs.clear();
