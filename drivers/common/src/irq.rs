@@ -93,28 +93,41 @@ impl Irq {
     /// (for start-up paths before the event loop). Returns the count, 0 on
     /// timeout.
     pub fn wait(&self, timeout: Duration) -> io::Result<u64> {
-        let deadline = Instant::now().checked_add(timeout);
-        loop {
-            let n = self.take()?;
-            if n > 0 {
-                return Ok(n);
-            }
-            let left = match deadline {
-                Some(d) => d.saturating_duration_since(Instant::now()),
-                None => Duration::from_secs(3600),
-            };
-            if left.is_zero() {
-                return Ok(0);
-            }
-            let ts = rustix::event::Timespec {
-                tv_sec: left.as_secs().min(i64::MAX as u64) as i64,
-                tv_nsec: left.subsec_nanos() as _,
-            };
-            let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
-            match rustix::event::poll(&mut fds, Some(&ts)) {
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(os_err("poll on IRQ eventfd", e)),
-            }
+        wait_any(std::slice::from_ref(self), timeout)
+    }
+}
+
+/// Blocks until any of `irqs` fires or `timeout` passes (start-up paths
+/// of a driver with several queue vectors). Takes every count and returns
+/// their sum, 0 on timeout.
+pub fn wait_any(irqs: &[Irq], timeout: Duration) -> io::Result<u64> {
+    let deadline = Instant::now().checked_add(timeout);
+    loop {
+        let mut n = 0;
+        for irq in irqs {
+            n += irq.take()?;
+        }
+        if n > 0 || irqs.is_empty() {
+            return Ok(n);
+        }
+        let left = match deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()),
+            None => Duration::from_secs(3600),
+        };
+        if left.is_zero() {
+            return Ok(0);
+        }
+        let ts = rustix::event::Timespec {
+            tv_sec: left.as_secs().min(i64::MAX as u64) as i64,
+            tv_nsec: left.subsec_nanos() as _,
+        };
+        let mut fds: Vec<PollFd<'_>> = irqs
+            .iter()
+            .map(|i| PollFd::new(&i.fd, PollFlags::IN))
+            .collect();
+        match rustix::event::poll(&mut fds, Some(&ts)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(os_err("poll on IRQ eventfds", e)),
         }
     }
 }
@@ -158,5 +171,17 @@ mod tests {
         });
         assert_eq!(irq.wait(Duration::from_secs(10)).unwrap(), 1);
         h.join().unwrap();
+    }
+
+    #[test]
+    fn wait_any_takes_every_count() {
+        let irqs = [
+            Irq::msi(new_eventfd().unwrap()),
+            Irq::msi(new_eventfd().unwrap()),
+        ];
+        assert_eq!(wait_any(&irqs, Duration::from_millis(20)).unwrap(), 0);
+        signal(&irqs[1], 2);
+        assert_eq!(wait_any(&irqs, Duration::from_secs(10)).unwrap(), 2);
+        assert_eq!(irqs[1].take().unwrap(), 0);
     }
 }

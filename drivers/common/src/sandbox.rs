@@ -446,6 +446,20 @@ pub const E1000D: Profile = Profile {
     files: &[],
 };
 
+/// nvmed: MSI-X, so the loop never needs an ioctl; opening `health`
+/// waits (bounded) on the admin queue's interrupt.
+pub const NVMED: Profile = Profile {
+    daemon: "nvmed",
+    extras: &[
+        EPOLL_LOOP,
+        &[call!(
+            SYS_ppoll,
+            "the health file's bounded wait for the admin queue's interrupt"
+        )],
+    ],
+    files: &[],
+};
+
 /// rtcd: port I/O is instructions, not calls; `scheme::serve`.
 pub const RTCD: Profile = Profile {
     daemon: "rtcd",
@@ -598,7 +612,15 @@ pub const KIT_PROBE: Profile = Profile {
 };
 
 /// Every daemon profile, for the documentation and the lab's check.
-pub const PROFILES: &[&Profile] = &[&VIRTIO_BLKD, &E1000D, &VIRTIO_NETD, &RTCD, &PCID, &ACPID];
+pub const PROFILES: &[&Profile] = &[
+    &VIRTIO_BLKD,
+    &E1000D,
+    &VIRTIO_NETD,
+    &RTCD,
+    &PCID,
+    &ACPID,
+    &NVMED,
+];
 
 /// Builds the two BPF programs: the path-lookup filter (`EACCES`, rest
 /// allowed) and the allow-list (unlisted: kill, or log with `log`). Both
@@ -981,7 +1003,7 @@ mod tests {
                 assert!(!p.allows(nr), "{} allows call {nr}", p.daemon);
             }
         }
-        for p in [&VIRTIO_BLKD, &VIRTIO_NETD, &E1000D, &RTCD] {
+        for p in [&VIRTIO_BLKD, &VIRTIO_NETD, &E1000D, &RTCD, &NVMED] {
             assert!(p.files.is_empty(), "{}", p.daemon);
             assert_eq!(
                 p.denied_lookups().count(),

@@ -4,8 +4,7 @@
 //! Every byte is checked against the host's backing files, before and after
 //! the guest powers off.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use lab::md5_hex;
@@ -27,72 +26,6 @@ fn scratch(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-/// Disk B: a pattern, then a real GPT written by sgdisk (an independent
-/// implementation), whose headers and backup overwrite parts of it.
-fn make_gpt_disk(path: &Path) -> lab::Result<Vec<u8>> {
-    std::fs::write(path, pattern(2, SIZE_B)).map_err(|e| e.to_string())?;
-    let mut cmd = Command::new("sgdisk");
-    for (n, (first, last)) in PARTS_B.iter().enumerate() {
-        cmd.arg(format!("--new={}:{first}:{last}", n + 1));
-    }
-    let out = cmd
-        .arg(path)
-        .output()
-        .map_err(|e| format!("cannot run sgdisk (apt-get install gdisk): {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "sgdisk failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    std::fs::read(path).map_err(|e| e.to_string())
-}
-
-/// Random disjoint byte ranges in the shared region with gaps of 0..600
-/// bytes, so neighbours written by different processes share sectors and
-/// the driver's read-modify-write must not lose either. Dealt round-robin to
-/// the writers, each in shuffled order. Returns (plan per writer, expected).
-fn make_write_plans(base: &[u8]) -> (Vec<String>, Vec<u8>) {
-    let mut rng = 0x5eed_u64;
-    let mut next = |m: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % m
-    };
-    let mut expected = base.to_vec();
-    let mut plans: Vec<Vec<(usize, Vec<u8>)>> = vec![Vec::new(); WRITERS];
-    let mut at = WRITE_REGION.0;
-    let mut k = 0;
-    loop {
-        let start = at + next(600) as usize;
-        let len = 1 + next(3000) as usize;
-        if start + len > WRITE_REGION.1 {
-            break;
-        }
-        let data = pattern(1000 + k as u64, len);
-        expected[start..start + len].copy_from_slice(&data);
-        plans[k % WRITERS].push((start, data));
-        at = start + len;
-        k += 1;
-    }
-    let text = plans
-        .into_iter()
-        .map(|mut p| {
-            for i in (1..p.len()).rev() {
-                p.swap(i, next(i as u64 + 1) as usize);
-            }
-            p.iter()
-                .map(|(off, data)| {
-                    let hex: String = data.iter().map(|b| format!("{b:02x}")).collect();
-                    format!("{off} {hex}\n")
-                })
-                .collect()
-        })
-        .collect();
-    (text, expected)
-}
-
 #[test]
 #[ignore = "boots QEMU: run through `make test`"]
 fn virtio_blk_disks_through_the_scheme() -> lab::Result<()> {
@@ -100,8 +33,8 @@ fn virtio_blk_disks_through_the_scheme() -> lab::Result<()> {
     let path_b = scratch("block-b.img");
     let disk_a = pattern(1, SIZE_A);
     std::fs::write(&path_a, &disk_a).map_err(|e| e.to_string())?;
-    let disk_b = make_gpt_disk(&path_b)?;
-    let (plans, mut expected_a) = make_write_plans(&disk_a);
+    let disk_b = lab::disks::gpt_disk(&path_b, 2, SIZE_B, &PARTS_B)?;
+    let (plans, mut expected_a) = lab::disks::write_plans(&disk_a, WRITERS, WRITE_REGION);
 
     let mut cfg = Config::new("block")
         .args(lab::virtio_blk_args("a", &path_a, "04.0"))
@@ -127,7 +60,13 @@ fn virtio_blk_disks_through_the_scheme() -> lab::Result<()> {
     unprivileged_and_bound(&mut vm, &pids)?;
     whole_disk_reads(&mut vm, &disk_a)?;
     gpt_partitions(&mut vm, &disk_b)?;
-    concurrent_unaligned_writes(&mut vm, &expected_a)?;
+    lab::storage::concurrent_writes(
+        &mut vm,
+        &format!("{DISK_A}/0"),
+        WRITERS,
+        WRITE_REGION,
+        &expected_a,
+    )?;
     writes_to_one_disk_are_in_flight_together(&mut vm, &mut expected_a)?;
     bad_inputs(&mut vm)?;
     pci_scheme(&mut vm)?;
@@ -219,33 +158,6 @@ fn gpt_partitions(vm: &mut Vm, disk_b: &[u8]) -> lab::Result<()> {
     Ok(())
 }
 
-fn concurrent_unaligned_writes(vm: &mut Vm, expected_a: &[u8]) -> lab::Result<()> {
-    let script = format!(
-        "for p in $(seq 0 {last}); do probe writes {DISK_A}/0 /root/plan$p > /tmp/wrote$p 2>&1 & done; wait; cat /tmp/wrote*",
-        last = WRITERS - 1
-    );
-    let out = vm.sh_timeout(&script, Duration::from_secs(300))?;
-    let text = out.stdout_str();
-    assert_eq!(
-        text.lines().filter(|l| l.starts_with("ok ")).count(),
-        WRITERS,
-        "writers: {text}"
-    );
-    vm.ok(&format!("probe fsync {DISK_A}/0"))?;
-    // The guest reads back what the host will find.
-    let (lo, hi) = WRITE_REGION;
-    let sum = vm.ok(&format!(
-        "dd if={DISK_A}/0 bs=1M skip={} count={} 2>/dev/null | md5sum",
-        lo >> 20,
-        (hi - lo) >> 20
-    ))?;
-    assert_eq!(
-        sum.split_whitespace().next(),
-        Some(md5_hex(&expected_a[lo..hi]).as_str())
-    );
-    Ok(())
-}
-
 /// Linux 6.2+ honours `FOPEN_PARALLEL_DIRECT_WRITES`, which the runtime
 /// gives every seekable file: two writes to one disk inside its size reach
 /// the daemon together instead of the second waiting for the first in the
@@ -285,13 +197,7 @@ fn writes_to_one_disk_are_in_flight_together(
 }
 
 fn bad_inputs(vm: &mut Vm) -> lab::Result<()> {
-    let probe = |vm: &mut Vm, args: &str| -> lab::Result<String> {
-        Ok(vm
-            .sh(&format!("probe {args}"))?
-            .stdout_str()
-            .trim()
-            .to_owned())
-    };
+    let probe = lab::storage::probe;
     assert_eq!(probe(vm, &format!("open {DISK_A}/7 r"))?, "err ENOENT");
     assert_eq!(probe(vm, &format!("open {DISK_A}/0p1 r"))?, "err ENOENT");
     assert_eq!(probe(vm, &format!("open {DISK_A}/zz r"))?, "err ENOENT");

@@ -6,7 +6,6 @@
 //! the host's `e2fsck -fn` finds the file system clean and `debugfs` reads
 //! back every file with the checksum the guest computed.
 
-use std::process::Command;
 use std::time::Duration;
 
 use lab::{Config, Vm};
@@ -25,68 +24,16 @@ fn a_file_system_survives_its_disk_driver_being_killed() -> lab::Result<()> {
     drop(f);
     let mut vm =
         Vm::boot(Config::new("filesystem").args(lab::virtio_blk_args("a", &path, "04.0")))?;
-    // loop, ext4 and what they need (crc32c_generic is ext4's soft
-    // dependency), from the image's optional modules.
-    vm.ok(
-        "for m in loop crc16 mbcache jbd2 crc32c_generic ext4; do insmod /lib/modules/$m.ko || exit 1; done",
+    let sums = lab::storage::ext2_under_a_kill(
+        &mut vm,
+        DISK,
+        FILES,
+        "kill -9 $(pidof virtio-blkd)",
+        "virtio-blkd@pci-0000-00-04.0",
     )?;
-    vm.ok(&format!(
-        "losetup /dev/loop0 {DISK} && mke2fs -q /dev/loop0 >/dev/null && mkdir -p /tmp/mnt && \
-         mount -t ext4 -o sync /dev/loop0 /tmp/mnt"
-    ))?;
-    let out = vm.sh_timeout(
-        &format!(
-            "(for i in $(seq {FILES}); do dd if=/dev/urandom of=/tmp/mnt/f$i bs=64k count=4 2>/dev/null || exit 1; done; sync) & \
-             w=$!; while [ ! -e /tmp/mnt/f10 ]; do sleep 0.05; done; [ -e /tmp/mnt/f{FILES} ] && echo LATE; \
-             kill -9 $(pidof virtio-blkd) || exit 9; wait $w || exit 8; \
-             cd /tmp/mnt && md5sum f*"
-        ),
-        Duration::from_secs(600),
-    )?;
-    assert!(out.success(), "{}{}", out.stdout_str(), out.stderr_str());
-    let sums: Vec<(String, String)> = out
-        .stdout_str()
-        .lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            Some((w.next()?.to_owned(), w.next()?.to_owned()))
-        })
-        .collect();
-    assert!(
-        !out.stdout_str().contains("LATE"),
-        "the load ended before the kill"
-    );
-    assert_eq!(sums.len(), FILES, "{}", out.stdout_str());
-    let console = vm.console();
-    assert!(
-        console.contains("service virtio-blkd@pci-0000-00-04.0 exited: killed by signal 9"),
-        "the driver was not killed under the load"
-    );
-    vm.ok("umount /tmp/mnt && losetup -d /dev/loop0")?;
     let status = vm.poweroff(Duration::from_secs(60))?;
     assert!(status.success(), "qemu: {status}");
 
-    let fsck = Command::new("e2fsck")
-        .arg("-fn")
-        .arg(&path)
-        .output()
-        .map_err(|e| format!("cannot run e2fsck (apt-get install e2fsprogs): {e}"))?;
-    assert!(
-        fsck.status.success(),
-        "e2fsck: {}{}",
-        String::from_utf8_lossy(&fsck.stdout),
-        String::from_utf8_lossy(&fsck.stderr)
-    );
-    for (sum, name) in &sums {
-        let cat = Command::new("debugfs")
-            .arg("-R")
-            .arg(format!("cat /{name}"))
-            .arg(&path)
-            .output()
-            .map_err(|e| format!("cannot run debugfs: {e}"))?;
-        let got = lab::md5_hex(&cat.stdout);
-        assert_eq!(&got, sum, "{name} on the host");
-        assert_eq!(cat.stdout.len(), 256 * 1024, "{name}");
-    }
+    lab::storage::fsck_and_files(&path, &sums)?;
     Ok(())
 }

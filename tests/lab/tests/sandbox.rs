@@ -435,21 +435,7 @@ fn memlock_fits(vm: &mut Vm) -> lab::Result<()> {
         if profile_of(unit).is_none() {
             continue;
         }
-        let status = vm.ok(&format!("cat /proc/{pid}/status"))?;
-        let kb = |name: &str| -> u64 {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                .unwrap_or(u64::MAX)
-        };
-        let pinned = (kb("VmLck:") + kb("VmPin:")) * 1024;
-        let limits = vm.ok(&format!("grep 'Max locked memory' /proc/{pid}/limits"))?;
-        let limit: u64 = limits
-            .split_whitespace()
-            .nth(3)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| format!("{svc}: limits line {limits:?}"))?;
+        let (limit, pinned) = lab::storage::memlock(vm, pid)?;
         println!("  {svc}: limit {limit} pinned {pinned}");
         if unit == "pcid" {
             // Root with CAP_IPC_LOCK: the limit does not bind it.

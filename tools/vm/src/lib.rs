@@ -59,6 +59,29 @@ pub fn virtio_blk_args(id: &str, file: &Path, addr: &str) -> Vec<String> {
     ]
 }
 
+/// QEMU arguments for an NVMe controller (`-device nvme`, 1b36:0010)
+/// with id `id` at slot `addr` on the root bus, `props` appended to its
+/// properties (`",mdts=2"`, or empty), and a namespace `nvme-ns` backed by
+/// `file` for each `(nsid, file)`. QEMU's NVMe model DMAs through the
+/// vIOMMU like any emulated PCI device: nothing like virtio's
+/// `iommu_platform` is needed.
+pub fn nvme_args(id: &str, addr: &str, props: &str, namespaces: &[(u32, &Path)]) -> Vec<String> {
+    let mut args = vec![
+        "-device".to_owned(),
+        format!("nvme,id={id},serial={id}-serial,addr={addr}{props}"),
+    ];
+    for (nsid, file) in namespaces {
+        let drive = format!("{id}n{nsid}");
+        args.extend([
+            "-drive".to_owned(),
+            format!("file={},if=none,id={drive},format=raw", file.display()),
+            "-device".to_owned(),
+            format!("nvme-ns,drive={drive},bus={id},nsid={nsid}"),
+        ]);
+    }
+    args
+}
+
 /// QEMU arguments for an e1000 (82540EM) NIC on back end `netdev` at slot
 /// `addr` with MAC `mac`. QEMU's e1000 DMAs through the vIOMMU like any
 /// emulated PCI device, so nothing more is needed.

@@ -19,7 +19,7 @@ mod scheme;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 
-pub use crate::scheme::{DiskScheme, BLKGETSIZE64, BLKSSZGET};
+pub use crate::scheme::{DiskScheme, FileSource, BLKGETSIZE64, BLKSSZGET};
 
 /// What a device reports about one disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

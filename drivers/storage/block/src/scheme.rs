@@ -1,7 +1,10 @@
 //! `DiskScheme`: the `disk.*` namespace over one or more block devices.
 //!
 //! `/` lists `0`, `0p1`, …, `1`, …; `/N` is disk N and `/NpM` partition M of
-//! it (numbered like Linux: MBR slot, GPT entry index + 1). Every byte offset
+//! it (numbered like Linux: MBR slot, GPT entry index + 1). Disks are
+//! numbered 0, 1, … in the order given ([`DiskScheme::new`]) or by the
+//! driver ([`DiskScheme::numbered`]: an AHCI port, an NVMe namespace id).
+//! Every byte offset
 //! and length works:
 //! - reads past the end give 0 bytes, a read crossing it is short;
 //! - a write starting at or past the end fails with `ENOSPC`, a write
@@ -9,18 +12,21 @@
 //!   the next write gets `ENOSPC`, as on a Linux block device;
 //! - partitions are bounded the same way by their extent.
 //!
+//! A driver may add small read-only files beside the disks
+//! ([`DiskScheme::add_file`]: nvmed's `health`), rendered when opened.
+//!
 //! Reads, writes and fsync are deferred (`EINPROGRESS`): submitted to the
 //! device at once and answered from [`DiskScheme::on_irq`].
 
 use std::io;
 
-use log::{info, warn};
+use log::{error, info, warn};
 use scheme::{
     ioctl, CallerCtx, Completion, DirentBuf, DirentKind, Handles, OpenResult, Scheme, Stat,
 };
 use syscall::error::{
-    Error, Result, EACCES, EBADF, EINPROGRESS, EINVAL, EISDIR, ENOENT, ENOSPC, ENOTDIR, ENOTTY,
-    EROFS,
+    Error, Result, EACCES, EBADF, EINPROGRESS, EINVAL, EIO, EISDIR, ENOENT, ENOSPC, ENOTDIR,
+    ENOTTY, EROFS,
 };
 use syscall::flag::{MODE_DIR, MODE_FILE, O_DIRECTORY, O_RDONLY, O_STAT, O_WRONLY};
 
@@ -40,8 +46,22 @@ pub const BLKSSZGET: u32 = ioctl::io(0x12, 104);
 /// write, like `/dev/sd*`).
 const DISK_MODE: u16 = 0o660;
 const ROOT_MODE: u16 = 0o755;
+/// Permission bits of a driver's extra files (anyone may read them).
+const FILE_MODE: u16 = 0o444;
+
+/// Renders one of a driver's extra files, when it is opened. It runs in
+/// the event loop: it must bound any wait on the device. `Send`, like the
+/// rest of a scheme, so a scheme can be served from another thread.
+pub type FileSource = Box<dyn FnMut() -> io::Result<Vec<u8>> + Send>;
+
+struct ExtraFile {
+    name: String,
+    source: FileSource,
+}
 
 struct Disk<D> {
+    /// Its name in the namespace (`/N`).
+    number: u32,
     engine: Engine<D>,
     parts: Vec<Partition>,
 }
@@ -49,19 +69,24 @@ struct Disk<D> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
     Root,
-    /// Disk index, and index into its `parts` for a partition.
+    /// Disk index (not number), and index into its `parts` for a partition.
     Disk(usize, Option<usize>),
+    /// One of the driver's extra files, by index.
+    File(usize),
 }
 
 struct Handle {
     target: Target,
     read: bool,
     write: bool,
+    /// An extra file's content, rendered at open.
+    content: Option<Vec<u8>>,
 }
 
 /// The `disk.*` scheme over the disks of one driver.
 pub struct DiskScheme<D: BlockDevice> {
     disks: Vec<Disk<D>>,
+    files: Vec<ExtraFile>,
     handles: Handles<Handle>,
     uid: u32,
     gid: u32,
@@ -74,8 +99,24 @@ impl<D: BlockDevice> DiskScheme<D> {
     /// disk whose table cannot be read or parsed is served as a whole disk,
     /// with a warning. Files are owned by the calling process's uid/gid.
     pub fn new(disks: Vec<D>, wait: &mut dyn FnMut(usize) -> io::Result<()>) -> DiskScheme<D> {
-        let mut out = Vec::with_capacity(disks.len());
-        for (i, dev) in disks.into_iter().enumerate() {
+        let numbered = (0..).zip(disks).collect();
+        DiskScheme::numbered(numbered, wait)
+    }
+
+    /// As [`DiskScheme::new`], but each disk is served as `/N` for the
+    /// number given with it, in the order given; `wait` still gets the
+    /// index into `disks`. A disk whose number is already taken is left
+    /// out, with an error logged.
+    pub fn numbered(
+        disks: Vec<(u32, D)>,
+        wait: &mut dyn FnMut(usize) -> io::Result<()>,
+    ) -> DiskScheme<D> {
+        let mut out: Vec<Disk<D>> = Vec::with_capacity(disks.len());
+        for (i, (number, dev)) in disks.into_iter().enumerate() {
+            if out.iter().any(|d| d.number == number) {
+                error!("disk number {number} given twice: the second disk is not served");
+                continue;
+            }
             let mut engine = Engine::new(dev);
             let geo = engine.geometry();
             let block_size = geo.bs as u32;
@@ -84,22 +125,27 @@ impl<D: BlockDevice> DiskScheme<D> {
             });
             let parts = match table {
                 Ok(parts) => {
-                    info!("disk {i}: {} partition(s)", parts.len());
+                    info!("disk {number}: {} partition(s)", parts.len());
                     parts
                 }
                 Err(PartError::NoTable) => {
-                    info!("disk {i}: no partition table");
+                    info!("disk {number}: no partition table");
                     Vec::new()
                 }
                 Err(e) => {
-                    warn!("disk {i}: {e}; serving the whole disk only");
+                    warn!("disk {number}: {e}; serving the whole disk only");
                     Vec::new()
                 }
             };
-            out.push(Disk { engine, parts });
+            out.push(Disk {
+                number,
+                engine,
+                parts,
+            });
         }
         DiskScheme {
             disks: out,
+            files: Vec::new(),
             handles: Handles::new(),
             uid: rustix::process::getuid().as_raw(),
             gid: rustix::process::getgid().as_raw(),
@@ -113,12 +159,34 @@ impl<D: BlockDevice> DiskScheme<D> {
         self.gid = gid;
     }
 
+    /// Adds a read-only file `/name` beside the disks, its content made by
+    /// `source` each time it is opened for reading (an error there fails
+    /// the open with `EIO`). A name already in use is refused.
+    pub fn add_file(&mut self, name: &str, source: FileSource) -> io::Result<()> {
+        if name.is_empty() || name.contains('/') || self.names().iter().any(|n| n == name) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("cannot add a file named {name:?}"),
+            ));
+        }
+        self.files.push(ExtraFile {
+            name: name.to_owned(),
+            source,
+        });
+        Ok(())
+    }
+
     /// Number of disks.
     pub fn disks(&self) -> usize {
         self.disks.len()
     }
 
-    /// The partitions found on disk `i` (empty if none or unknown disk).
+    /// The numbers disks are served under, in index order.
+    pub fn numbers(&self) -> Vec<u32> {
+        self.disks.iter().map(|d| d.number).collect()
+    }
+
+    /// The partitions found on disk `i` (index; empty if none or unknown disk).
     pub fn partitions(&self, i: usize) -> &[Partition] {
         self.disks.get(i).map_or(&[], |d| &d.parts)
     }
@@ -150,12 +218,20 @@ impl<D: BlockDevice> DiskScheme<D> {
         if path.is_empty() {
             return Ok(Target::Root);
         }
+        if let Some(i) = self.files.iter().position(|f| f.name == path) {
+            return Ok(Target::File(i));
+        }
         let (disk, part) = match path.split_once('p') {
             Some((d, p)) => (d, Some(p)),
             None => (path, None),
         };
-        let disk = parse_index(disk).ok_or(Error::new(ENOENT))?;
-        let d = self.disks.get(disk).ok_or(Error::new(ENOENT))?;
+        let number = parse_index(disk).ok_or(Error::new(ENOENT))?;
+        let disk = self
+            .disks
+            .iter()
+            .position(|d| d.number as usize == number)
+            .ok_or(Error::new(ENOENT))?;
+        let d = &self.disks[disk];
         match part {
             None => Ok(Target::Disk(disk, None)),
             Some(p) => {
@@ -173,7 +249,11 @@ impl<D: BlockDevice> DiskScheme<D> {
     /// Disk index, first byte on the disk and size in bytes of a target.
     fn extent(&self, target: Target) -> Result<(usize, u64, u64)> {
         let Target::Disk(i, part) = target else {
-            return Err(Error::new(EISDIR));
+            return Err(Error::new(if target == Target::Root {
+                EISDIR
+            } else {
+                EINVAL
+            }));
         };
         let d = self.disks.get(i).ok_or(Error::new(EBADF))?;
         let geo = d.engine.geometry();
@@ -204,10 +284,12 @@ impl<D: BlockDevice> DiskScheme<D> {
     /// The names in `/`, in listing order.
     fn names(&self) -> Vec<String> {
         let mut names = Vec::new();
-        for (i, d) in self.disks.iter().enumerate() {
-            names.push(i.to_string());
-            names.extend(d.parts.iter().map(|p| format!("{i}p{}", p.number)));
+        for d in &self.disks {
+            let n = d.number;
+            names.push(n.to_string());
+            names.extend(d.parts.iter().map(|p| format!("{n}p{}", p.number)));
         }
+        names.extend(self.files.iter().map(|f| f.name.clone()));
         names
     }
 }
@@ -230,6 +312,26 @@ impl<D: BlockDevice> Scheme for DiskScheme<D> {
         match target {
             Target::Root if write => return Err(Error::new(EISDIR)),
             Target::Root => {}
+            Target::File(_) if write => return Err(Error::new(EACCES)),
+            Target::File(_) if flags & O_DIRECTORY == O_DIRECTORY => {
+                return Err(Error::new(ENOTDIR))
+            }
+            Target::File(i) => {
+                if read {
+                    let f = &mut self.files[i];
+                    let content = (f.source)().map_err(|e| {
+                        warn!("/{}: {e}", f.name);
+                        Error::new(EIO)
+                    })?;
+                    let id = self.handles.insert(Handle {
+                        target,
+                        read,
+                        write,
+                        content: Some(content),
+                    });
+                    return Ok(OpenResult::file(id));
+                }
+            }
             Target::Disk(..) if flags & O_DIRECTORY == O_DIRECTORY => {
                 return Err(Error::new(ENOTDIR))
             }
@@ -248,6 +350,7 @@ impl<D: BlockDevice> Scheme for DiskScheme<D> {
             target,
             read,
             write,
+            content: None,
         });
         Ok(OpenResult::file(id))
     }
@@ -260,6 +363,14 @@ impl<D: BlockDevice> Scheme for DiskScheme<D> {
         _fcntl_flags: u32,
         ctx: &CallerCtx,
     ) -> Result<usize> {
+        if let Some(content) = self.handles.get(id)?.content.as_deref() {
+            let from = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(content.len());
+            let n = buf.len().min(content.len() - from);
+            buf[..n].copy_from_slice(&content[from..from + n]);
+            return Ok(n);
+        }
         let (disk, base, size) = self.data_extent(id, false)?;
         if buf.is_empty() || offset >= size {
             return Ok(0);
@@ -316,6 +427,22 @@ impl<D: BlockDevice> Scheme for DiskScheme<D> {
                 stat.st_mode = MODE_DIR | ROOT_MODE;
                 stat.st_size = 0;
             }
+            Target::File(i) => {
+                // The kernel bounds reads by this size, so a stat-only
+                // handle renders the file to know it.
+                let size = match h.content.as_ref() {
+                    Some(c) => c.len(),
+                    None => self.files.get_mut(i).map_or(0, |f| match (f.source)() {
+                        Ok(c) => c.len(),
+                        Err(e) => {
+                            warn!("/{}: {e}", f.name);
+                            0
+                        }
+                    }),
+                };
+                stat.st_mode = MODE_FILE | FILE_MODE;
+                stat.st_size = size as u64;
+            }
             target => {
                 let (disk, _, size) = self.extent(target)?;
                 let bs = self.disks[disk].engine.geometry().bs;
@@ -370,7 +497,7 @@ impl<D: BlockDevice> Scheme for DiskScheme<D> {
         let Ok(cmd) = u32::try_from(cmd) else {
             return Err(Error::new(ENOTTY));
         };
-        if h.target == Target::Root {
+        if !matches!(h.target, Target::Disk(..)) {
             return Err(Error::new(ENOTTY));
         }
         let (disk, _, size) = self.extent(h.target)?;

@@ -3,13 +3,15 @@
 //! the ratio; under TCG only the ratio means anything. Not a test: nothing
 //! here passes or fails on speed.
 //!
-//!   lab-bench [block] [net]      (default: both)
+//!   lab-bench [block] [net] [nvme]      (default: all three)
 //!
 //! The machine: our virtio-blk at 04.0 and Linux's at 07.0; our e1000 (05.0)
 //! and virtio-net (06.0) on QEMU hub 0, and an identical e1000 (08.0) and
 //! virtio-net (09.0) on hub 1 for Linux. pcid is told to leave 07.0-09.0
 //! alone; Linux's modules are loaded only after pcid has bound ours to
-//! vfio-pci, so they find only the ignored functions.
+//! vfio-pci, so they find only the ignored functions. With `nvme`, our
+//! NVMe controller at 0a.0 (nvmed) and Linux's at 0b.0 (its `nvme`
+//! module), one 64 MiB namespace each.
 //!
 //! Debian 13's kernel has `virtio_pci` built in, which the lab normally
 //! keeps off (`initcall_blacklist=virtio_pci_driver_init`). Here it runs, so
@@ -27,6 +29,8 @@ const OURS: &str = "/scheme/disk.pci-0000-00-04.0_virtio_blk/0";
 const KERNEL_DISK: &str = "0000:00:07.0";
 const KERNEL_E1000: &str = "0000:00:08.0";
 const KERNEL_VIRTIO_NET: &str = "0000:00:09.0";
+const OUR_NVME: &str = "/scheme/disk.pci-0000-00-0a.0_nvme/1";
+const KERNEL_NVME: &str = "0000:00:0b.0";
 const OUR_E1000: &str = "/scheme/network.pci-0000-00-05.0_e1000";
 const OUR_VIRTIO_NET: &str = "/scheme/network.pci-0000-00-06.0_virtio_net";
 const DISK_MIB: u64 = 64;
@@ -39,7 +43,8 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let block = args.is_empty() || args.iter().any(|a| a == "block");
     let net = args.is_empty() || args.iter().any(|a| a == "net");
-    if let Err(e) = run(block, net) {
+    let nvme = args.is_empty() || args.iter().any(|a| a == "nvme");
+    if let Err(e) = run(block, net, nvme) {
         eprintln!("lab-bench: {e}");
         std::process::exit(1);
     }
@@ -54,18 +59,30 @@ fn disk(name: &str) -> Result<std::path::PathBuf, String> {
     Ok(path)
 }
 
-fn run(block: bool, net: bool) -> Result<(), String> {
+fn run(block: bool, net: bool, nvme: bool) -> Result<(), String> {
     let (a, b) = (disk("bench-ours.img")?, disk("bench-kernel.img")?);
-    let cfg = Config::new("bench")
+    let (na, nb) = (disk("bench-nvme-ours.img")?, disk("bench-nvme-kernel.img")?);
+    let mut cfg = Config::new("bench")
         .args(lab::virtio_blk_args("a", &a, "04.0"))
         .args(lab::virtio_blk_args("b", &b, "07.0"))
         .args(lab::nic_pair_on_hub(0, "05.0", "06.0"))
         .args(lab::nic_pair_on_hub(1, "08.0", "09.0"))
         .allow_builtin(lab::LINUX_VIRTIO_PCI)
         .cmdline(&[&format!(
-            "pcid.ignore={KERNEL_DISK},{KERNEL_E1000},{KERNEL_VIRTIO_NET}"
+            "pcid.ignore={KERNEL_DISK},{KERNEL_E1000},{KERNEL_VIRTIO_NET},{KERNEL_NVME}"
         )]);
+    if nvme {
+        cfg = cfg
+            .args(lab::nvme_args("n0", "0a.0", "", &[(1, &na)]))
+            .args(lab::nvme_args("n1", "0b.0", "", &[(1, &nb)]));
+    }
     let mut vm = Vm::boot(cfg)?;
+    if nvme {
+        vm.ok(&format!(
+            "for i in $(seq 600); do [ -e {OUR_NVME} ] && exit 0; sleep 0.1; done; exit 1"
+        ))
+        .map_err(|e| format!("nvmed never served its namespace: {e}"))?;
+    }
     // Our drivers first (bound to vfio-pci, so Linux's cannot take them).
     if net {
         vm.ok(&format!(
@@ -81,11 +98,19 @@ fn run(block: bool, net: bool) -> Result<(), String> {
     } else {
         None
     };
+    let nvme_result = if nvme {
+        Some(bench_nvme(&mut vm)?)
+    } else {
+        None
+    };
     let net_result = if net { Some(bench_net(&mut vm)?) } else { None };
     let recovery = bench_recovery(&mut vm, block, net)?;
     let _ = vm.poweroff(Duration::from_secs(60));
     if let Some((dev, ours, kernel)) = block_result {
-        print_block(&dev, &ours, &kernel);
+        print_block("virtio-blkd", "virtio_blk", &dev, &ours, &kernel);
+    }
+    if let Some((dev, ours, kernel)) = nvme_result {
+        print_block("nvmed", "nvme", &dev, &ours, &kernel);
     }
     if let Some(rows) = net_result {
         print_net(&rows);
@@ -138,17 +163,33 @@ fn bench_block(vm: &mut Vm) -> Result<(String, Value, Value), String> {
          [ -n \"$d\" ] && [ -b /dev/$d ] && echo /dev/$d && exit 0; sleep 0.1; done; exit 1"
     ))?;
     let dev = dev.trim().to_owned();
-    let args = format!("--mib {DISK_MIB} --ops 4096");
-    let timeout = Duration::from_secs(1800);
-    let ours = measure(vm, &format!("blkbench {OURS} {args}"), timeout)?;
-    let kernel = measure(vm, &format!("blkbench {dev} --direct {args}"), timeout)?;
+    let (ours, kernel) = measure_pair(vm, OURS, &dev)?;
     Ok((dev, ours, kernel))
 }
 
-fn print_block(dev: &str, ours: &Value, kernel: &Value) {
-    println!(
-        "block: virtio-blkd (/scheme/disk…/0) vs Linux virtio_blk ({dev}, O_DIRECT), same VM, TCG"
-    );
+/// blkbench on our scheme disk `ours` and on Linux's block device `dev`.
+fn measure_pair(vm: &mut Vm, ours: &str, dev: &str) -> Result<(Value, Value), String> {
+    let args = format!("--mib {DISK_MIB} --ops 4096");
+    let timeout = Duration::from_secs(1800);
+    let ours = measure(vm, &format!("blkbench {ours} {args}"), timeout)?;
+    let kernel = measure(vm, &format!("blkbench {dev} --direct {args}"), timeout)?;
+    Ok((ours, kernel))
+}
+
+/// nvmed's namespace against Linux's nvme driver's on an identical
+/// controller.
+fn bench_nvme(vm: &mut Vm) -> Result<(String, Value, Value), String> {
+    let dev = vm.ok(&format!(
+        "for i in $(seq 100); do d=$(ls -d /sys/bus/pci/devices/{KERNEL_NVME}/nvme/nvme*/nvme*n1 2>/dev/null | head -n1); \
+         [ -n \"$d\" ] && b=$(basename $d) && [ -b /dev/$b ] && echo /dev/$b && exit 0; sleep 0.1; done; exit 1"
+    ))?;
+    let dev = dev.trim().to_owned();
+    let (ours, kernel) = measure_pair(vm, OUR_NVME, &dev)?;
+    Ok((dev, ours, kernel))
+}
+
+fn print_block(driver: &str, linux: &str, dev: &str, ours: &Value, kernel: &Value) {
+    println!("block: {driver} (/scheme/disk…) vs Linux {linux} ({dev}, O_DIRECT), same VM, TCG");
     println!(
         "{:<28} {:>12} {:>12} {:>8}",
         "workload", "ours", "linux", "ratio"

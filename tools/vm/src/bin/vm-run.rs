@@ -1,9 +1,11 @@
 //! `make run`: boots the image with the default device set (a virtio-blk
-//! disk, an e1000 and a virtio-net NIC, two empty root ports) and the console
+//! disk, an NVMe controller with two namespaces, an e1000 and a virtio-net
+//! NIC, four empty root ports) and the console
 //! (multiplexed with QEMU's monitor: Ctrl-A c) on this terminal.
 //!
 //! Environment: `DISK` (raw image used as the first virtio-blk disk; default
-//! build/scratch.img, created empty at 64 MiB), `QEMU_ARGS` (appended,
+//! build/scratch.img, created empty at 64 MiB; the NVMe namespaces are
+//! build/nvme-1.img and build/nvme-2.img, likewise), `QEMU_ARGS` (appended,
 //! split on whitespace), `QMP` (socket path; default build/qmp.sock).
 
 use std::os::unix::process::CommandExt;
@@ -17,11 +19,14 @@ fn main() {
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("build/scratch.img"));
-    if !disk.exists() {
-        let made = std::fs::File::create(&disk).and_then(|f| f.set_len(64 << 20));
-        if let Err(e) = made {
-            eprintln!("vm-run: cannot create {}: {e}", disk.display());
-            std::process::exit(1);
+    let namespaces = [root.join("build/nvme-1.img"), root.join("build/nvme-2.img")];
+    for image in std::iter::once(&disk).chain(&namespaces) {
+        if !image.exists() {
+            let made = std::fs::File::create(image).and_then(|f| f.set_len(64 << 20));
+            if let Err(e) = made {
+                eprintln!("vm-run: cannot create {}: {e}", image.display());
+                std::process::exit(1);
+            }
         }
     }
     let qmp = std::env::var_os("QMP")
@@ -57,6 +62,15 @@ fn main() {
         "net1",
         "06.0",
         "52:54:00:12:34:06",
+    ));
+    // An NVMe controller on the root bus (the root ports stay free for
+    // hot-plug), served by nvmed as /scheme/disk.pci-0000-00-08.0_nvme/1
+    // and /2, its namespaces.
+    args.extend(vm::nvme_args(
+        "nvme0",
+        "08.0",
+        "",
+        &[(1, &namespaces[0]), (2, &namespaces[1])],
     ));
     if let Ok(extra) = std::env::var("QEMU_ARGS") {
         args.extend(extra.split_whitespace().map(str::to_owned));
