@@ -22,6 +22,7 @@ pub mod irq;
 pub mod port;
 pub mod probe;
 pub mod sandbox;
+pub mod throttle;
 pub mod vfio;
 
 pub use barrier::{mb, rmb, wmb};
@@ -30,6 +31,23 @@ pub use driver::DriverLoop;
 pub use event::EventLoop;
 pub use io::{Mmio, MmioRegion};
 pub use irq::Irq;
+pub use throttle::Throttle;
+
+/// Polls `done` every 100 us until it holds or `timeout` passes; whether
+/// it held. For device handshakes that have no interrupt (resets, engine
+/// stops), never for I/O.
+pub fn poll_until(timeout: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(100));
+    }
+}
 
 /// The page size every mapping in this crate is rounded to. x86-64 Linux
 /// uses 4 KiB base pages, and the VFIO type1 IOMMU supports them.

@@ -446,6 +446,21 @@ pub const E1000D: Profile = Profile {
     files: &[],
 };
 
+/// ahcid: MSI, so the loop needs no ioctl; but an HBA without MSI is
+/// served on INTx, unmasked through VFIO after each interrupt.
+pub const AHCID: Profile = Profile {
+    daemon: "ahcid",
+    extras: &[
+        EPOLL_LOOP,
+        &[call!(
+            SYS_ioctl,
+            Arg::OneOf(1, &[vfio_ioctl::DEVICE_SET_IRQS]),
+            "unmasking the INTx line after each interrupt (no MSI)"
+        )],
+    ],
+    files: &[],
+};
+
 /// rtcd: port I/O is instructions, not calls; `scheme::serve`.
 pub const RTCD: Profile = Profile {
     daemon: "rtcd",
@@ -598,7 +613,15 @@ pub const KIT_PROBE: Profile = Profile {
 };
 
 /// Every daemon profile, for the documentation and the lab's check.
-pub const PROFILES: &[&Profile] = &[&VIRTIO_BLKD, &E1000D, &VIRTIO_NETD, &RTCD, &PCID, &ACPID];
+pub const PROFILES: &[&Profile] = &[
+    &VIRTIO_BLKD,
+    &E1000D,
+    &VIRTIO_NETD,
+    &RTCD,
+    &PCID,
+    &ACPID,
+    &AHCID,
+];
 
 /// Builds the two BPF programs: the path-lookup filter (`EACCES`, rest
 /// allowed) and the allow-list (unlisted: kill, or log with `log`). Both
@@ -967,7 +990,7 @@ mod tests {
                 assert!(!p.allows(nr), "{} allows call {nr}", p.daemon);
             }
         }
-        for p in [&VIRTIO_BLKD, &VIRTIO_NETD, &E1000D, &RTCD] {
+        for p in [&VIRTIO_BLKD, &VIRTIO_NETD, &E1000D, &RTCD, &AHCID] {
             assert!(p.files.is_empty(), "{}", p.daemon);
             assert_eq!(
                 p.denied_lookups().count(),
@@ -976,13 +999,13 @@ mod tests {
                 p.daemon
             );
         }
-        // Only e1000d (INTx) and pcid (claims) may ioctl at all.
+        // Only e1000d and ahcid (INTx) and pcid (claims) may ioctl at all.
         let ioctl: Vec<&str> = PROFILES
             .iter()
             .filter(|p| p.allows(libc::SYS_ioctl))
             .map(|p| p.daemon)
             .collect();
-        assert_eq!(ioctl, ["e1000d", "pcid"]);
+        assert_eq!(ioctl, ["e1000d", "pcid", "ahcid"]);
     }
 
     #[test]

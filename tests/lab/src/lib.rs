@@ -17,11 +17,13 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::{json, Value};
 
+pub mod disks;
 pub mod faults;
 
 pub use vm::{
-    e1000_args, image_dir, kernel_cmdline, machine_args, nic_pair_on_hub, root_port_args,
-    virtio_blk_args, virtio_net_args, workspace_root, BUILTINS_KEPT_OFF, LINUX_VIRTIO_PCI,
+    ahci_args, e1000_args, image_dir, kernel_cmdline, machine_args, nic_pair_on_hub,
+    root_port_args, virtio_blk_args, virtio_net_args, workspace_root, BUILTINS_KEPT_OFF,
+    LINUX_VIRTIO_PCI,
 };
 
 pub type Result<T> = std::result::Result<T, String>;

@@ -4,8 +4,7 @@
 //! Every byte is checked against the host's backing files, before and after
 //! the guest powers off.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use lab::md5_hex;
@@ -27,72 +26,6 @@ fn scratch(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-/// Disk B: a pattern, then a real GPT written by sgdisk (an independent
-/// implementation), whose headers and backup overwrite parts of it.
-fn make_gpt_disk(path: &Path) -> lab::Result<Vec<u8>> {
-    std::fs::write(path, pattern(2, SIZE_B)).map_err(|e| e.to_string())?;
-    let mut cmd = Command::new("sgdisk");
-    for (n, (first, last)) in PARTS_B.iter().enumerate() {
-        cmd.arg(format!("--new={}:{first}:{last}", n + 1));
-    }
-    let out = cmd
-        .arg(path)
-        .output()
-        .map_err(|e| format!("cannot run sgdisk (apt-get install gdisk): {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "sgdisk failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    std::fs::read(path).map_err(|e| e.to_string())
-}
-
-/// Random disjoint byte ranges in the shared region with gaps of 0..600
-/// bytes, so neighbours written by different processes share sectors and
-/// the driver's read-modify-write must not lose either. Dealt round-robin to
-/// the writers, each in shuffled order. Returns (plan per writer, expected).
-fn make_write_plans(base: &[u8]) -> (Vec<String>, Vec<u8>) {
-    let mut rng = 0x5eed_u64;
-    let mut next = |m: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % m
-    };
-    let mut expected = base.to_vec();
-    let mut plans: Vec<Vec<(usize, Vec<u8>)>> = vec![Vec::new(); WRITERS];
-    let mut at = WRITE_REGION.0;
-    let mut k = 0;
-    loop {
-        let start = at + next(600) as usize;
-        let len = 1 + next(3000) as usize;
-        if start + len > WRITE_REGION.1 {
-            break;
-        }
-        let data = pattern(1000 + k as u64, len);
-        expected[start..start + len].copy_from_slice(&data);
-        plans[k % WRITERS].push((start, data));
-        at = start + len;
-        k += 1;
-    }
-    let text = plans
-        .into_iter()
-        .map(|mut p| {
-            for i in (1..p.len()).rev() {
-                p.swap(i, next(i as u64 + 1) as usize);
-            }
-            p.iter()
-                .map(|(off, data)| {
-                    let hex: String = data.iter().map(|b| format!("{b:02x}")).collect();
-                    format!("{off} {hex}\n")
-                })
-                .collect()
-        })
-        .collect();
-    (text, expected)
-}
-
 #[test]
 #[ignore = "boots QEMU: run through `make test`"]
 fn virtio_blk_disks_through_the_scheme() -> lab::Result<()> {
@@ -100,8 +33,8 @@ fn virtio_blk_disks_through_the_scheme() -> lab::Result<()> {
     let path_b = scratch("block-b.img");
     let disk_a = pattern(1, SIZE_A);
     std::fs::write(&path_a, &disk_a).map_err(|e| e.to_string())?;
-    let disk_b = make_gpt_disk(&path_b)?;
-    let (plans, mut expected_a) = make_write_plans(&disk_a);
+    let disk_b = lab::disks::gpt_disk(&path_b, 2, SIZE_B, &PARTS_B)?;
+    let (plans, mut expected_a) = lab::disks::write_plans(&disk_a, WRITERS, WRITE_REGION);
 
     let mut cfg = Config::new("block")
         .args(lab::virtio_blk_args("a", &path_a, "04.0"))
@@ -112,50 +45,30 @@ fn virtio_blk_disks_through_the_scheme() -> lab::Result<()> {
     let mut vm = Vm::boot(cfg)?;
 
     // Two functions, two daemons, two schemes.
-    let schemes = vm.ok("ls /scheme")?;
-    for d in [DISK_A, DISK_B] {
-        let name = d.trim_start_matches("/scheme/");
-        assert!(schemes.contains(name), "{name} missing: {schemes}");
-    }
-    let pids: Vec<String> = vm
-        .ok("pidof virtio-blkd")?
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
-    assert_eq!(pids.len(), 2, "expected two virtio-blkd: {pids:?}");
+    let pids = lab::disks::daemons(&mut vm, "virtio-blkd", &[DISK_A, DISK_B])?;
 
     unprivileged_and_bound(&mut vm, &pids)?;
     whole_disk_reads(&mut vm, &disk_a)?;
     gpt_partitions(&mut vm, &disk_b)?;
-    concurrent_unaligned_writes(&mut vm, &expected_a)?;
+    lab::disks::concurrent_writes(
+        &mut vm,
+        &format!("{DISK_A}/0"),
+        WRITERS,
+        WRITE_REGION,
+        &expected_a,
+        "",
+    )?;
     writes_to_one_disk_are_in_flight_together(&mut vm, &mut expected_a)?;
     bad_inputs(&mut vm)?;
     pci_scheme(&mut vm)?;
 
-    // Nothing above took a daemon down.
-    let after = vm.ok("pidof virtio-blkd")?;
-    for pid in &pids {
-        assert!(
-            after.split_whitespace().any(|p| p == pid),
-            "{pid} gone: {after}"
-        );
-    }
-    let console = vm.console();
-    assert!(!console.contains("exited unexpectedly"), "{console}");
+    lab::disks::still_running(&mut vm, "virtio-blkd", &pids)?;
 
     // The host file agrees once QEMU has flushed and exited.
     let status = vm.poweroff(Duration::from_secs(60))?;
     assert!(status.success(), "qemu: {status}");
-    let host_a = std::fs::read(&path_a).map_err(|e| e.to_string())?;
-    assert!(
-        host_a == expected_a,
-        "disk A on the host differs from what the guest wrote"
-    );
-    let host_b = std::fs::read(&path_b).map_err(|e| e.to_string())?;
-    assert!(
-        host_b == disk_b,
-        "disk B changed although nothing wrote to it"
-    );
+    lab::disks::host_file_is(&path_a, &expected_a, "disk A (what the guest wrote)")?;
+    lab::disks::host_file_is(&path_b, &disk_b, "disk B (nothing wrote to it)")?;
     Ok(())
 }
 
@@ -216,33 +129,6 @@ fn gpt_partitions(vm: &mut Vm, disk_b: &[u8]) -> lab::Result<()> {
         let size = vm.ok(&format!("stat -c %s {path}"))?;
         assert_eq!(size.trim(), part.len().to_string(), "{path}");
     }
-    Ok(())
-}
-
-fn concurrent_unaligned_writes(vm: &mut Vm, expected_a: &[u8]) -> lab::Result<()> {
-    let script = format!(
-        "for p in $(seq 0 {last}); do probe writes {DISK_A}/0 /root/plan$p > /tmp/wrote$p 2>&1 & done; wait; cat /tmp/wrote*",
-        last = WRITERS - 1
-    );
-    let out = vm.sh_timeout(&script, Duration::from_secs(300))?;
-    let text = out.stdout_str();
-    assert_eq!(
-        text.lines().filter(|l| l.starts_with("ok ")).count(),
-        WRITERS,
-        "writers: {text}"
-    );
-    vm.ok(&format!("probe fsync {DISK_A}/0"))?;
-    // The guest reads back what the host will find.
-    let (lo, hi) = WRITE_REGION;
-    let sum = vm.ok(&format!(
-        "dd if={DISK_A}/0 bs=1M skip={} count={} 2>/dev/null | md5sum",
-        lo >> 20,
-        (hi - lo) >> 20
-    ))?;
-    assert_eq!(
-        sum.split_whitespace().next(),
-        Some(md5_hex(&expected_a[lo..hi]).as_str())
-    );
     Ok(())
 }
 

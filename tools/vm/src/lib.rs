@@ -59,6 +59,29 @@ pub fn virtio_blk_args(id: &str, file: &Path, addr: &str) -> Vec<String> {
     ]
 }
 
+/// QEMU arguments for an AHCI HBA (ICH9, `-device ahci`: 6 ports, NCQ,
+/// one MSI vector) with id `id` behind the PCIe root port `bus`
+/// (`"rp1"`: the HBA is `pci-0000-01-00.0` when that port has bus 1), and
+/// an `ide-hd` on port P backed by `file` for each `(P, file)`. Behind a
+/// root port the HBA is alone in its IOMMU group and has a reset VFIO can
+/// use (the secondary bus reset); q35's own AHCI at 00:1f.2 has neither.
+pub fn ahci_args(id: &str, bus: &str, disks: &[(u32, &Path)]) -> Vec<String> {
+    let mut args = vec![
+        "-device".to_owned(),
+        format!("ahci,id={id},bus={bus},addr=00.0"),
+    ];
+    for (port, file) in disks {
+        let drive = format!("{id}p{port}");
+        args.extend([
+            "-drive".to_owned(),
+            format!("file={},if=none,id={drive},format=raw", file.display()),
+            "-device".to_owned(),
+            format!("ide-hd,bus={id}.{port},drive={drive}"),
+        ]);
+    }
+    args
+}
+
 /// QEMU arguments for an e1000 (82540EM) NIC on back end `netdev` at slot
 /// `addr` with MAC `mac`. QEMU's e1000 DMAs through the vIOMMU like any
 /// emulated PCI device, so nothing more is needed.

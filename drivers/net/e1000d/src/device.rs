@@ -9,12 +9,13 @@
 //! registers and implements [`NetworkDevice`].
 
 use std::io;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::barrier::wmb;
 use common::dma::Dma;
 use common::io::MmioRegion;
 use common::irq::Irq;
+use common::{poll_until, Throttle};
 use log::{debug, error, info, warn};
 use network::{DeviceErrors, NetworkDevice};
 use pcid_interface::PciFunctionHandle;
@@ -261,22 +262,6 @@ pub mod eeprom {
     }
 }
 
-/// Logs the 1st, 10th, 100th, ... occurrence of something a misbehaving
-/// device could repeat forever.
-#[derive(Debug, Default)]
-struct Throttle(u64);
-
-impl Throttle {
-    fn hit(&mut self) -> Option<u64> {
-        self.0 += 1;
-        let mut p = 1;
-        while p < self.0 {
-            p *= 10;
-        }
-        (p == self.0).then_some(self.0)
-    }
-}
-
 type Rx = RxRing<Dma<[RxDesc]>, Dma<[u8]>>;
 type Tx = TxRing<Dma<[TxDesc]>, Dma<[u8]>>;
 
@@ -301,21 +286,6 @@ pub struct E1000 {
     log_overrun: Throttle,
     log_bad_head: Throttle,
     log_stray: Throttle,
-}
-
-/// Polls `done` every 100 us until it holds or `timeout` passes. Start-up
-/// only (reset and EEPROM handshakes have no interrupt).
-fn poll_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if done() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_micros(100));
-    }
 }
 
 /// Stops receive, transmit and interrupts. A restarted driver meets the

@@ -1,7 +1,10 @@
 //! `DiskScheme`: the `disk.*` namespace over one or more block devices.
 //!
 //! `/` lists `0`, `0p1`, …, `1`, …; `/N` is disk N and `/NpM` partition M of
-//! it (numbered like Linux: MBR slot, GPT entry index + 1). Every byte offset
+//! it (numbered like Linux: MBR slot, GPT entry index + 1). Disks are
+//! numbered 0, 1, … in the order given ([`DiskScheme::new`]) or by the
+//! driver ([`DiskScheme::numbered`]: an AHCI port, an NVMe namespace id).
+//! Every byte offset
 //! and length works:
 //! - reads past the end give 0 bytes, a read crossing it is short;
 //! - a write starting at or past the end fails with `ENOSPC`, a write
@@ -14,7 +17,7 @@
 
 use std::io;
 
-use log::{info, warn};
+use log::{error, info, warn};
 use scheme::{
     ioctl, CallerCtx, Completion, DirentBuf, DirentKind, Handles, OpenResult, Scheme, Stat,
 };
@@ -42,6 +45,8 @@ const DISK_MODE: u16 = 0o660;
 const ROOT_MODE: u16 = 0o755;
 
 struct Disk<D> {
+    /// Its name in the namespace (`/N`).
+    number: u32,
     engine: Engine<D>,
     parts: Vec<Partition>,
 }
@@ -49,7 +54,7 @@ struct Disk<D> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
     Root,
-    /// Disk index, and index into its `parts` for a partition.
+    /// Disk index (not number), and index into its `parts` for a partition.
     Disk(usize, Option<usize>),
 }
 
@@ -74,8 +79,24 @@ impl<D: BlockDevice> DiskScheme<D> {
     /// disk whose table cannot be read or parsed is served as a whole disk,
     /// with a warning. Files are owned by the calling process's uid/gid.
     pub fn new(disks: Vec<D>, wait: &mut dyn FnMut(usize) -> io::Result<()>) -> DiskScheme<D> {
-        let mut out = Vec::with_capacity(disks.len());
-        for (i, dev) in disks.into_iter().enumerate() {
+        let numbered = (0..).zip(disks).collect();
+        DiskScheme::numbered(numbered, wait)
+    }
+
+    /// As [`DiskScheme::new`], but each disk is served as `/N` for the
+    /// number given with it, in the order given; `wait` still gets the
+    /// index into `disks`. A disk whose number is already taken is left
+    /// out, with an error logged.
+    pub fn numbered(
+        disks: Vec<(u32, D)>,
+        wait: &mut dyn FnMut(usize) -> io::Result<()>,
+    ) -> DiskScheme<D> {
+        let mut out: Vec<Disk<D>> = Vec::with_capacity(disks.len());
+        for (i, (number, dev)) in disks.into_iter().enumerate() {
+            if out.iter().any(|d| d.number == number) {
+                error!("disk number {number} given twice: the second disk is not served");
+                continue;
+            }
             let mut engine = Engine::new(dev);
             let geo = engine.geometry();
             let block_size = geo.bs as u32;
@@ -84,19 +105,23 @@ impl<D: BlockDevice> DiskScheme<D> {
             });
             let parts = match table {
                 Ok(parts) => {
-                    info!("disk {i}: {} partition(s)", parts.len());
+                    info!("disk {number}: {} partition(s)", parts.len());
                     parts
                 }
                 Err(PartError::NoTable) => {
-                    info!("disk {i}: no partition table");
+                    info!("disk {number}: no partition table");
                     Vec::new()
                 }
                 Err(e) => {
-                    warn!("disk {i}: {e}; serving the whole disk only");
+                    warn!("disk {number}: {e}; serving the whole disk only");
                     Vec::new()
                 }
             };
-            out.push(Disk { engine, parts });
+            out.push(Disk {
+                number,
+                engine,
+                parts,
+            });
         }
         DiskScheme {
             disks: out,
@@ -118,7 +143,12 @@ impl<D: BlockDevice> DiskScheme<D> {
         self.disks.len()
     }
 
-    /// The partitions found on disk `i` (empty if none or unknown disk).
+    /// The numbers disks are served under, in index order.
+    pub fn numbers(&self) -> Vec<u32> {
+        self.disks.iter().map(|d| d.number).collect()
+    }
+
+    /// The partitions found on disk `i` (index; empty if none or unknown disk).
     pub fn partitions(&self, i: usize) -> &[Partition] {
         self.disks.get(i).map_or(&[], |d| &d.parts)
     }
@@ -154,8 +184,13 @@ impl<D: BlockDevice> DiskScheme<D> {
             Some((d, p)) => (d, Some(p)),
             None => (path, None),
         };
-        let disk = parse_index(disk).ok_or(Error::new(ENOENT))?;
-        let d = self.disks.get(disk).ok_or(Error::new(ENOENT))?;
+        let number = parse_index(disk).ok_or(Error::new(ENOENT))?;
+        let disk = self
+            .disks
+            .iter()
+            .position(|d| d.number as usize == number)
+            .ok_or(Error::new(ENOENT))?;
+        let d = &self.disks[disk];
         match part {
             None => Ok(Target::Disk(disk, None)),
             Some(p) => {
@@ -204,9 +239,10 @@ impl<D: BlockDevice> DiskScheme<D> {
     /// The names in `/`, in listing order.
     fn names(&self) -> Vec<String> {
         let mut names = Vec::new();
-        for (i, d) in self.disks.iter().enumerate() {
-            names.push(i.to_string());
-            names.extend(d.parts.iter().map(|p| format!("{i}p{}", p.number)));
+        for d in &self.disks {
+            let n = d.number;
+            names.push(n.to_string());
+            names.extend(d.parts.iter().map(|p| format!("{n}p{}", p.number)));
         }
         names
     }

@@ -697,3 +697,45 @@ fn four_kib_blocks() {
     );
     assert!(rig.ctl.state().bad_ops.is_empty());
 }
+
+#[test]
+fn disks_can_be_numbered_by_the_driver() {
+    // An AHCI HBA with disks on ports 0 and 2: served as /0 and /2.
+    let (d0, c0) = mem_disk(pattern(64 * 512, 1), 4096, 4);
+    let (d2, c2) = mem_disk(with_mbr(pattern(256 * 512, 2)), 4096, 4);
+    let (dup, _) = mem_disk(vec![0; 8 * 512], 4096, 4);
+    let mut s = DiskScheme::numbered(vec![(0, d0), (2, d2), (2, dup)], &mut |i| {
+        let _ = match i {
+            0 => c0.fire(Order::Submitted),
+            _ => c2.fire(Order::Submitted),
+        };
+        Ok(())
+    });
+    assert_eq!(s.numbers(), [0, 2], "the duplicate 2 is left out");
+    assert_eq!(s.partitions(1).len(), 2, "index 1 is disk 2, with its MBR");
+    for bad in ["1", "3", "0p1", "02"] {
+        assert_eq!(
+            s.openat(bad, O_RDONLY, &ctx(1)).unwrap_err().errno,
+            ENOENT,
+            "{bad}"
+        );
+    }
+    let id = s.openat("2p1", O_RDONLY, &ctx(1)).unwrap().id;
+    let mut st = Stat::default();
+    s.fstat(id, &mut st, &ctx(1)).unwrap();
+    assert_eq!(st.st_size, 100 * 512, "partition 1 of disk 2");
+    let id = s.openat("2", O_RDONLY, &ctx(1)).unwrap().id;
+    let mut buf = [0u8; 16];
+    let e = s.read(id, &mut buf, 512, 0, &ctx(77)).unwrap_err();
+    assert_eq!(e.errno, EINPROGRESS);
+    c2.fire(Order::Submitted);
+    s.on_irq();
+    let mut out = Vec::new();
+    s.take_completions(&mut out);
+    assert_eq!(out.len(), 1);
+    match &out[0].result {
+        Ok(Completed::Read(d)) => assert_eq!(d[..], with_mbr(pattern(256 * 512, 2))[512..528]),
+        other => panic!("{other:?}"),
+    }
+    assert!(c0.pending().is_empty(), "disk 0 untouched");
+}
