@@ -140,6 +140,7 @@ fn ahci_disks_through_the_scheme() -> lab::Result<()> {
     memlock_fits(&mut vm, &pids, &log)?;
 
     lab::disks::still_running(&mut vm, "ahcid", &pids)?;
+    restart_after_kill(&mut vm, &disk_b)?;
 
     let status = vm.poweroff(Duration::from_secs(60))?;
     assert!(status.success(), "qemu: {status}");
@@ -184,6 +185,27 @@ fn memlock_fits(vm: &mut Vm, pids: &[String], log: &str) -> lab::Result<()> {
         most >= logged_kib && most <= logged_kib + 64,
         "pinned {most} KiB, logged {logged_kib} KiB"
     );
+    Ok(())
+}
+
+/// HBA B's daemon killed: the supervisor starts a new one, which resets
+/// the HBA through VFIO (a secondary bus reset, the only reset of a
+/// conventional PCI function behind a root port) and serves the disk again.
+fn restart_after_kill(vm: &mut Vm, disk_b: &[u8]) -> lab::Result<()> {
+    const UNIT: &str = "ahcid@pci-0000-02-00.0";
+    let from = vm.console().len();
+    // init's service table: name, state, pid, ...
+    vm.ok(&format!(
+        "kill -9 $(dd if=/scheme/init/services bs=4k 2>/dev/null | awk '$1 == \"{UNIT}\" {{ print $3 }}')"
+    ))?;
+    vm.wait_console_after(from, &format!("{UNIT} is ready"), Duration::from_secs(60))?;
+    let log = vm.ok(&format!("cat /var/log/{UNIT}.log"))?;
+    assert!(
+        log.matches("function reset through VFIO").count() >= 2,
+        "both instances reset the HBA:\n{log}"
+    );
+    let got = md5_of(vm, &format!("dd if={DISKS_B}/0 bs=1M 2>/dev/null | md5sum"))?;
+    assert_eq!(got, md5_hex(disk_b), "the new instance serves the disk");
     Ok(())
 }
 

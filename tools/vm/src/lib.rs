@@ -112,16 +112,19 @@ pub fn virtio_net_args(id: &str, netdev: &str, addr: &str, mac: &str) -> Vec<Str
 /// comes first, and a device added there is `pci-0000-0n-00.0`.
 pub fn root_port_args(count: u32) -> Vec<String> {
     (1..=count.min(16))
-        .flat_map(|n| {
-            [
-                "-device".to_owned(),
-                format!(
-                    "pcie-root-port,id=rp{n},chassis={n},slot={n},addr={:x}.0",
-                    0x10 + n - 1
-                ),
-            ]
-        })
+        .flat_map(|n| root_port(&format!("rp{n}"), n, &format!("{:x}.0", 0x10 + n - 1)))
         .collect()
+}
+
+/// QEMU arguments for one PCIe root port `id` at slot `addr` with chassis
+/// and slot number `n`, for a device of its own rather than for hot-plug.
+/// Buses go in slot order, so a port at a slot after [`root_port_args`]'
+/// leaves theirs numbered as they say.
+pub fn root_port(id: &str, n: u32, addr: &str) -> Vec<String> {
+    vec![
+        "-device".to_owned(),
+        format!("pcie-root-port,id={id},chassis={n},slot={n},addr={addr}"),
+    ]
 }
 
 /// QEMU arguments for an e1000 at slot `e1000` and a virtio-net at slot

@@ -15,7 +15,7 @@ use common::dma::Dma;
 use common::io::MmioRegion;
 use common::irq::Irq;
 use common::poll_until;
-use log::{debug, info, warn};
+use log::{info, warn};
 use pcid_interface::PciFunctionHandle;
 
 pub mod fis;
@@ -105,7 +105,7 @@ pub fn start(handle: &PciFunctionHandle, timeout: Duration) -> io::Result<Contro
     // only VFIO reset is a secondary bus reset, which it has alone there.
     match handle.device().info() {
         Ok(i) if i.can_reset() => match handle.reset() {
-            Ok(()) => debug!("{name}: function reset through VFIO"),
+            Ok(()) => info!("{name}: function reset through VFIO"),
             Err(e) => warn!("{name}: VFIO reset failed ({e}); GHC.HR only"),
         },
         _ => info!("{name}: no VFIO reset for this function; GHC.HR only"),

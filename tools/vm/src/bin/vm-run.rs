@@ -1,22 +1,25 @@
 //! `make run`: boots the image with the default device set (a virtio-blk
-//! disk, an e1000 and a virtio-net NIC, two empty root ports) and the console
-//! (multiplexed with QEMU's monitor: Ctrl-A c) on this terminal.
+//! disk, an AHCI HBA with one disk behind its own root port, an e1000 and
+//! a virtio-net NIC, four empty root ports) and the console (multiplexed
+//! with QEMU's monitor: Ctrl-A c) on this terminal.
 //!
 //! Environment: `DISK` (raw image used as the first virtio-blk disk; default
-//! build/scratch.img, created empty at 64 MiB), `QEMU_ARGS` (appended,
-//! split on whitespace), `QMP` (socket path; default build/qmp.sock).
+//! build/scratch.img, created empty at 64 MiB), `AHCI_DISK` (the AHCI
+//! disk on port 0; default build/ahci.img, created empty at 64 MiB),
+//! `QEMU_ARGS` (appended, split on whitespace), `QMP` (socket path;
+//! default build/qmp.sock).
 
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn main() {
-    let root = vm::workspace_root();
-    let image = vm::image_dir();
-    let disk = std::env::var_os("DISK")
+/// The raw image named by `$var`, else `default`; created empty at 64 MiB
+/// if missing.
+fn disk_image(var: &str, default: &Path) -> PathBuf {
+    let disk = std::env::var_os(var)
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("build/scratch.img"));
+        .unwrap_or_else(|| default.to_path_buf());
     if !disk.exists() {
         let made = std::fs::File::create(&disk).and_then(|f| f.set_len(64 << 20));
         if let Err(e) = made {
@@ -24,6 +27,14 @@ fn main() {
             std::process::exit(1);
         }
     }
+    disk
+}
+
+fn main() {
+    let root = vm::workspace_root();
+    let image = vm::image_dir();
+    let disk = disk_image("DISK", &root.join("build/scratch.img"));
+    let ahci_disk = disk_image("AHCI_DISK", &root.join("build/ahci.img"));
     let qmp = std::env::var_os("QMP")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("build/qmp.sock"));
@@ -44,6 +55,11 @@ fn main() {
     args.extend(vm::root_port_args(4));
     // The first disk, served by virtio-blkd as /scheme/disk.pci-0000-00-04.0_virtio_blk.
     args.extend(vm::virtio_blk_args("disk0", &disk, "04.0"));
+    // An AHCI HBA behind its own root port at slot 0x17, after the
+    // hot-plug ports' (their buses stay 1-4): bus 5, so ahcid serves
+    // /scheme/disk.pci-0000-05-00.0_ahci/0.
+    args.extend(vm::root_port("rp-ahci", 23, "17.0"));
+    args.extend(vm::ahci_args("ahci0", "rp-ahci", &[(0, &ahci_disk)]));
     // Two NICs, each on its own QEMU user network (DHCP server and gateway
     // at 10.0.2.2; `restrict=on` keeps the host itself unreachable):
     // e1000d serves /scheme/network.pci-0000-00-05.0_e1000 and virtio-netd
