@@ -3,13 +3,16 @@
 //! the ratio; under TCG only the ratio means anything. Not a test: nothing
 //! here passes or fails on speed.
 //!
-//!   lab-bench [block] [net]      (default: both)
+//!   lab-bench [block] [net] [ahci]      (default: all three)
 //!
 //! The machine: our virtio-blk at 04.0 and Linux's at 07.0; our e1000 (05.0)
 //! and virtio-net (06.0) on QEMU hub 0, and an identical e1000 (08.0) and
 //! virtio-net (09.0) on hub 1 for Linux. pcid is told to leave 07.0-09.0
 //! alone; Linux's modules are loaded only after pcid has bound ours to
-//! vfio-pci, so they find only the ignored functions.
+//! vfio-pci, so they find only the ignored functions. For `ahci`, two
+//! QEMU `ahci` HBAs with one disk each behind root ports: ours at 01:00.0,
+//! Linux's (`ahci`, `libahci`, `libata`, `sd_mod`) at 02:00.0. Linux's
+//! `ahci` also takes q35's own HBA at 00:1f.2, which has no disks.
 //!
 //! Debian 13's kernel has `virtio_pci` built in, which the lab normally
 //! keeps off (`initcall_blacklist=virtio_pci_driver_init`). Here it runs, so
@@ -24,6 +27,8 @@ use lab::{Config, Vm};
 use serde_json::Value;
 
 const OURS: &str = "/scheme/disk.pci-0000-00-04.0_virtio_blk/0";
+const OUR_AHCI: &str = "/scheme/disk.pci-0000-01-00.0_ahci/0";
+const KERNEL_AHCI: &str = "0000:02:00.0";
 const KERNEL_DISK: &str = "0000:00:07.0";
 const KERNEL_E1000: &str = "0000:00:08.0";
 const KERNEL_VIRTIO_NET: &str = "0000:00:09.0";
@@ -39,7 +44,8 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let block = args.is_empty() || args.iter().any(|a| a == "block");
     let net = args.is_empty() || args.iter().any(|a| a == "net");
-    if let Err(e) = run(block, net) {
+    let ahci = args.is_empty() || args.iter().any(|a| a == "ahci");
+    if let Err(e) = run(block, net, ahci) {
         eprintln!("lab-bench: {e}");
         std::process::exit(1);
     }
@@ -54,17 +60,24 @@ fn disk(name: &str) -> Result<std::path::PathBuf, String> {
     Ok(path)
 }
 
-fn run(block: bool, net: bool) -> Result<(), String> {
+fn run(block: bool, net: bool, ahci: bool) -> Result<(), String> {
     let (a, b) = (disk("bench-ours.img")?, disk("bench-kernel.img")?);
-    let cfg = Config::new("bench")
+    let mut cfg = Config::new("bench")
         .args(lab::virtio_blk_args("a", &a, "04.0"))
         .args(lab::virtio_blk_args("b", &b, "07.0"))
         .args(lab::nic_pair_on_hub(0, "05.0", "06.0"))
         .args(lab::nic_pair_on_hub(1, "08.0", "09.0"))
         .allow_builtin(lab::LINUX_VIRTIO_PCI)
         .cmdline(&[&format!(
-            "pcid.ignore={KERNEL_DISK},{KERNEL_E1000},{KERNEL_VIRTIO_NET}"
+            "pcid.ignore={KERNEL_DISK},{KERNEL_E1000},{KERNEL_VIRTIO_NET},{KERNEL_AHCI}"
         )]);
+    if ahci {
+        let (c, d) = (disk("bench-ahci-ours.img")?, disk("bench-ahci-kernel.img")?);
+        cfg = cfg
+            .args(lab::root_port_args(2))
+            .args(lab::ahci_args("ahci0", "rp1", &[(0, &c)]))
+            .args(lab::ahci_args("ahci1", "rp2", &[(0, &d)]));
+    }
     let mut vm = Vm::boot(cfg)?;
     // Our drivers first (bound to vfio-pci, so Linux's cannot take them).
     if net {
@@ -81,11 +94,19 @@ fn run(block: bool, net: bool) -> Result<(), String> {
     } else {
         None
     };
+    let ahci_result = if ahci {
+        Some(bench_ahci(&mut vm)?)
+    } else {
+        None
+    };
     let net_result = if net { Some(bench_net(&mut vm)?) } else { None };
-    let recovery = bench_recovery(&mut vm, block, net)?;
+    let recovery = bench_recovery(&mut vm, block, net, ahci)?;
     let _ = vm.poweroff(Duration::from_secs(60));
     if let Some((dev, ours, kernel)) = block_result {
-        print_block(&dev, &ours, &kernel);
+        print_block("virtio-blkd", "virtio_blk", &dev, &ours, &kernel);
+    }
+    if let Some((dev, ours, kernel)) = ahci_result {
+        print_block("ahcid", "ahci", &dev, &ours, &kernel);
     }
     if let Some(rows) = net_result {
         print_net(&rows);
@@ -101,10 +122,18 @@ fn run(block: bool, net: bool) -> Result<(), String> {
 
 /// Kills each of our drivers once, after the benchmarks, and reads init's
 /// `service … back N ms after it ended`.
-fn bench_recovery(vm: &mut Vm, block: bool, net: bool) -> Result<Vec<(&'static str, u64)>, String> {
+fn bench_recovery(
+    vm: &mut Vm,
+    block: bool,
+    net: bool,
+    ahci: bool,
+) -> Result<Vec<(&'static str, u64)>, String> {
     let mut drivers = Vec::new();
     if block {
         drivers.push(("virtio-blkd", "virtio-blkd@pci-0000-00-04.0"));
+    }
+    if ahci {
+        drivers.push(("ahcid", "ahcid@pci-0000-01-00.0"));
     }
     if net {
         drivers.push(("e1000d", "e1000d@pci-0000-00-05.0"));
@@ -138,16 +167,31 @@ fn bench_block(vm: &mut Vm) -> Result<(String, Value, Value), String> {
          [ -n \"$d\" ] && [ -b /dev/$d ] && echo /dev/$d && exit 0; sleep 0.1; done; exit 1"
     ))?;
     let dev = dev.trim().to_owned();
+    side_by_side(vm, OURS, dev)
+}
+
+/// The same blkbench run on `ours` (a scheme disk) and Linux's `dev`.
+fn side_by_side(vm: &mut Vm, ours: &str, dev: String) -> Result<(String, Value, Value), String> {
     let args = format!("--mib {DISK_MIB} --ops 4096");
     let timeout = Duration::from_secs(1800);
-    let ours = measure(vm, &format!("blkbench {OURS} {args}"), timeout)?;
+    let ours = measure(vm, &format!("blkbench {ours} {args}"), timeout)?;
     let kernel = measure(vm, &format!("blkbench {dev} --direct {args}"), timeout)?;
     Ok((dev, ours, kernel))
 }
 
-fn print_block(dev: &str, ours: &Value, kernel: &Value) {
+/// ahcid against Linux's ahci, each on its own HBA with one disk.
+fn bench_ahci(vm: &mut Vm) -> Result<(String, Value, Value), String> {
+    let dev = vm.ok(&format!(
+        "for i in $(seq 100); do d=$(ls /sys/bus/pci/devices/{KERNEL_AHCI}/ata*/host*/target*/*/block 2>/dev/null); \
+         [ -n \"$d\" ] && [ -b /dev/$d ] && echo /dev/$d && exit 0; sleep 0.1; done; exit 1"
+    ))?;
+    let dev = dev.trim().to_owned();
+    side_by_side(vm, OUR_AHCI, dev)
+}
+
+fn print_block(ours_name: &str, linux_name: &str, dev: &str, ours: &Value, kernel: &Value) {
     println!(
-        "block: virtio-blkd (/scheme/disk…/0) vs Linux virtio_blk ({dev}, O_DIRECT), same VM, TCG"
+        "block: {ours_name} (/scheme/disk…) vs Linux {linux_name} ({dev}, O_DIRECT), same VM, TCG"
     );
     println!(
         "{:<28} {:>12} {:>12} {:>8}",
