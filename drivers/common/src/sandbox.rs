@@ -541,6 +541,11 @@ pub const PCID: Profile = Profile {
             access: Access::Read,
             why: "the rules, reread on SIGHUP",
         },
+        Beneath {
+            path: "/sys/kernel/iommu_groups",
+            access: Access::Read,
+            why: "who else is in a function's IOMMU group (one is claimed only alone in its group)",
+        },
     ],
 };
 
