@@ -325,6 +325,27 @@ impl<P: Platform> Pcid<P> {
             );
             return;
         }
+        // VFIO gives a driver a whole IOMMU group: a function sharing its
+        // group (q35's own AHCI at 00:1f.2 with the LPC bridge and SMBus)
+        // cannot be given to one driver alone, and binding its peers to
+        // vfio-pci would take them from the kernel.
+        match self.server.scheme().sysfs().iommu_group_peers(a) {
+            Ok(peers) if !peers.is_empty() => {
+                let names: Vec<String> = peers.iter().map(|p| sysfs_address(*p)).collect();
+                log::info!(
+                    "{what}: matches {} but shares its IOMMU group with {}: not claimed \
+                     (a driver must own its group alone); left to the kernel",
+                    rule.driver.describe(),
+                    names.join(", ")
+                );
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                log::error!("{what}: cannot list its IOMMU group: {e}; not claimed");
+                return;
+            }
+        }
         log::info!(
             "{what}: matches {}, starting {}",
             rule.driver.describe(),

@@ -117,6 +117,33 @@ impl Sysfs {
             })
     }
 
+    /// The other functions in `a`'s IOMMU group (its `iommu_group/devices`
+    /// directory), in address order. Empty if the kernel shows no group
+    /// (the claim itself then reports the missing IOMMU).
+    pub fn iommu_group_peers(&self, a: PciAddress) -> io::Result<Vec<PciAddress>> {
+        let dir = self.device_dir(a).join("iommu_group").join("devices");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", dir.display()))),
+        };
+        let mut peers = Vec::new();
+        for entry in entries {
+            let name = entry?.file_name();
+            match name.to_str().and_then(parse_address) {
+                Some(p) if p != a => peers.push(p),
+                Some(_) => {}
+                None => log::warn!(
+                    "{}: {:?} is not a PCI address",
+                    dir.display(),
+                    name.to_string_lossy()
+                ),
+            }
+        }
+        peers.sort();
+        Ok(peers)
+    }
+
     /// Hands the function to `vfio-pci`: sets `driver_override`, unbinds the
     /// current driver if it is another one, asks the kernel to probe, and
     /// checks that `vfio-pci` took it. Already bound to `vfio-pci` (pcid

@@ -304,6 +304,44 @@ fn matched_functions_get_drivers_and_are_released_on_hang_up() {
 }
 
 #[test]
+fn a_function_sharing_its_iommu_group_is_left_alone() {
+    let fake = FakeSysfs::with_fixtures("shared-group");
+    let ahci = addr("0000:00:1f.2");
+    let lpc = addr("0000:00:1f.0");
+    // q35's AHCI shares group 9 with the LPC bridge. Bound to vfio-pci
+    // already, so without the group check its claim would go through.
+    fake.share_group(&[ahci, lpc], 9);
+    fake.bind(ahci, "vfio-pci");
+    fake.bind(addr("0000:00:01.0"), "vfio-pci");
+    let platform = FakePlatform::default();
+    let run = Running::start(&fake, platform.clone(), BTreeSet::new());
+    let instances: Vec<String> = platform
+        .spawned
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.instance.clone())
+        .collect();
+    assert!(
+        !instances.iter().any(|i| i == "pci-0000-00-1f.2"),
+        "{instances:?}"
+    );
+    // Others in ordinary groups still got drivers.
+    assert!(
+        instances.iter().any(|i| i == "pci-0000-00-01.0"),
+        "{instances:?}"
+    );
+    // Not even bound: its override is untouched and nothing was probed
+    // for it.
+    assert_eq!(fake.read(fake.dir(ahci).join("driver_override")), "");
+    assert_ne!(fake.read("drivers_probe"), "0000:00:1f.2");
+    assert!(run
+        .summary("pci-0000-00-1f.2")
+        .contains("owner      none\n"));
+    assert_eq!(fake.read(fake.dir(lpc).join("driver_override")), "");
+}
+
+#[test]
 fn rescan_adds_and_removes_functions() {
     let fake = FakeSysfs::with_fixtures("rescan");
     let sysfs = fake.sysfs();

@@ -37,6 +37,31 @@ fn no_iommu_group_is_a_clear_error() {
 }
 
 #[test]
+fn group_peers_are_the_other_members_of_the_group() {
+    let fake = FakeSysfs::with_fixtures("peers");
+    let (ahci, lpc, smbus) = (
+        addr("0000:00:1f.2"),
+        addr("0000:00:1f.0"),
+        addr("0000:00:1f.3"),
+    );
+    fake.share_group(&[smbus, ahci, lpc], 9);
+    let s = fake.sysfs();
+    assert_eq!(s.iommu_group(ahci).unwrap(), 9);
+    assert_eq!(s.iommu_group_peers(ahci).unwrap(), [lpc, smbus]);
+    // A function alone in its group, and one whose group the fake
+    // kernel does not show: no peers.
+    fake.share_group(&[addr("0000:00:02.0")], 10);
+    assert!(s
+        .iommu_group_peers(addr("0000:00:02.0"))
+        .unwrap()
+        .is_empty());
+    assert!(s
+        .iommu_group_peers(addr("0000:00:01.0"))
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
 fn bind_when_already_vfio_only_sets_the_override() {
     let fake = FakeSysfs::with_fixtures("bound");
     let a = addr("0000:00:01.0");

@@ -460,6 +460,21 @@ pub const NVMED: Profile = Profile {
     files: &[],
 };
 
+/// ahcid: MSI, so the loop needs no ioctl; but an HBA without MSI is
+/// served on INTx, unmasked through VFIO after each interrupt.
+pub const AHCID: Profile = Profile {
+    daemon: "ahcid",
+    extras: &[
+        EPOLL_LOOP,
+        &[call!(
+            SYS_ioctl,
+            Arg::OneOf(1, &[vfio_ioctl::DEVICE_SET_IRQS]),
+            "unmasking the INTx line after each interrupt (no MSI)"
+        )],
+    ],
+    files: &[],
+};
+
 /// rtcd: port I/O is instructions, not calls; `scheme::serve`.
 pub const RTCD: Profile = Profile {
     daemon: "rtcd",
@@ -539,6 +554,11 @@ pub const PCID: Profile = Profile {
             path: "/etc/pcid.d",
             access: Access::Read,
             why: "the rules, reread on SIGHUP",
+        },
+        Beneath {
+            path: "/sys/kernel/iommu_groups",
+            access: Access::Read,
+            why: "who else is in a function's IOMMU group (one is claimed only alone in its group)",
         },
     ],
 };
@@ -620,6 +640,7 @@ pub const PROFILES: &[&Profile] = &[
     &PCID,
     &ACPID,
     &NVMED,
+    &AHCID,
 ];
 
 /// Builds the two BPF programs: the path-lookup filter (`EACCES`, rest
@@ -1003,7 +1024,7 @@ mod tests {
                 assert!(!p.allows(nr), "{} allows call {nr}", p.daemon);
             }
         }
-        for p in [&VIRTIO_BLKD, &VIRTIO_NETD, &E1000D, &RTCD, &NVMED] {
+        for p in [&VIRTIO_BLKD, &VIRTIO_NETD, &E1000D, &RTCD, &NVMED, &AHCID] {
             assert!(p.files.is_empty(), "{}", p.daemon);
             assert_eq!(
                 p.denied_lookups().count(),
@@ -1012,13 +1033,13 @@ mod tests {
                 p.daemon
             );
         }
-        // Only e1000d (INTx) and pcid (claims) may ioctl at all.
+        // Only e1000d and ahcid (INTx) and pcid (claims) may ioctl at all.
         let ioctl: Vec<&str> = PROFILES
             .iter()
             .filter(|p| p.allows(libc::SYS_ioctl))
             .map(|p| p.daemon)
             .collect();
-        assert_eq!(ioctl, ["e1000d", "pcid"]);
+        assert_eq!(ioctl, ["e1000d", "pcid", "ahcid"]);
     }
 
     #[test]

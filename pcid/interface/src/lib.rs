@@ -149,6 +149,19 @@ impl PciFunctionHandle {
         &self.info.name
     }
 
+    /// Refuses a function that is not `vendor` with one of `devices`
+    /// (what pcid's rule matched on; `what` names the part in the error).
+    pub fn expect_ids(&self, vendor: u16, devices: &[u16], what: &str) -> io::Result<()> {
+        let i = &self.info;
+        if i.vendor != vendor || !devices.contains(&i.device) {
+            return Err(io::Error::other(format!(
+                "{} ({:04x}:{:04x}) is not {what}",
+                i.name, i.vendor, i.device
+            )));
+        }
+        Ok(())
+    }
+
     /// The VFIO device (region and IRQ details beyond this handle's API).
     pub fn device(&self) -> &Arc<Device> {
         &self.device

@@ -102,6 +102,19 @@ impl FakeSysfs {
         .unwrap();
     }
 
+    /// Puts `members` into one IOMMU group `group` whose `devices`
+    /// directory lists them all, as the kernel's does.
+    pub fn share_group(&self, members: &[PciAddress], group: u32) {
+        let devices = self.root.join(format!("groups/{group}/devices"));
+        std::fs::create_dir_all(&devices).unwrap();
+        for &a in members {
+            std::fs::write(devices.join(sysfs_address(a)), "").unwrap();
+            let link = self.dir(a).join("iommu_group");
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(self.root.join(format!("groups/{group}")), link).unwrap();
+        }
+    }
+
     pub fn remove(&self, a: PciAddress) {
         std::fs::remove_dir_all(self.dir(a)).unwrap();
     }

@@ -23,7 +23,7 @@ pub mod fuzz;
 pub mod storage;
 
 pub use vm::{
-    e1000_args, image_dir, kernel_cmdline, machine_args, nic_pair_on_hub, nvme_args,
+    ahci_args, e1000_args, image_dir, kernel_cmdline, machine_args, nic_pair_on_hub, nvme_args,
     root_port_args, virtio_blk_args, virtio_net_args, workspace_root, BUILTINS_KEPT_OFF,
     LINUX_VIRTIO_PCI,
 };

@@ -1,13 +1,12 @@
 //! Checks the storage scenarios share (block.rs, nvme.rs, filesystem.rs,
-//! sandbox.rs): the probe tool's answer, writers at once on one disk, a daemon's memlock against
+//! sandbox.rs): the probe tool's answer, a daemon's memlock against
 //! what it pins, and an ext2 file system written while its disk's driver
 //! is killed, checked on the host afterwards.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use crate::{md5_hex, Result, Vm};
+use crate::{Result, Vm};
 
 /// Bytes of each file [`ext2_under_a_kill`] writes.
 pub const FS_FILE_BYTES: usize = 256 * 1024;
@@ -19,39 +18,6 @@ pub fn probe(vm: &mut Vm, args: &str) -> Result<String> {
         .stdout_str()
         .trim()
         .to_owned())
-}
-
-/// Runs the `probe writes` plans `/root/plan0..` (one per writer, all at
-/// once) on `disk`, fsyncs it and checks that the guest reads `region`
-/// back as `expected` has it.
-pub fn concurrent_writes(
-    vm: &mut Vm,
-    disk: &str,
-    writers: usize,
-    region: (usize, usize),
-    expected: &[u8],
-) -> Result<()> {
-    let script = format!(
-        "for p in $(seq 0 {last}); do probe writes {disk} /root/plan$p > /tmp/wrote$p 2>&1 & done; wait; cat /tmp/wrote*",
-        last = writers - 1
-    );
-    let out = vm.sh_timeout(&script, Duration::from_secs(300))?;
-    let text = out.stdout_str();
-    let ok = text.lines().filter(|l| l.starts_with("ok ")).count();
-    if ok != writers {
-        return Err(format!("{ok} of {writers} writers succeeded: {text}"));
-    }
-    vm.ok(&format!("probe fsync {disk}"))?;
-    let (lo, hi) = region;
-    let sum = vm.ok(&format!(
-        "dd if={disk} bs=1M skip={} count={} 2>/dev/null | md5sum",
-        lo >> 20,
-        (hi - lo) >> 20
-    ))?;
-    if sum.split_whitespace().next() != Some(md5_hex(&expected[lo..hi]).as_str()) {
-        return Err(format!("{disk}: the written region reads back wrong"));
-    }
-    Ok(())
 }
 
 /// Guest process `pid`'s RLIMIT_MEMLOCK and the memory it pins (VFIO
@@ -117,14 +83,7 @@ pub fn ext2_under_a_kill(
     if out.stdout_str().contains("LATE") {
         return Err("the load ended before the kill".into());
     }
-    let sums: Vec<(String, String)> = out
-        .stdout_str()
-        .lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            Some((w.next()?.to_owned(), w.next()?.to_owned()))
-        })
-        .collect();
+    let sums = crate::disks::md5_lines(&out.stdout_str());
     if sums.len() != files {
         return Err(format!(
             "{} of {files} files: {}",
@@ -146,27 +105,10 @@ pub fn ext2_under_a_kill(
 /// `image` clean, and `debugfs` reads every file of `sums` back whole,
 /// with the guest's checksum.
 pub fn fsck_and_files(image: &Path, sums: &[(String, String)]) -> Result<()> {
-    let fsck = Command::new("e2fsck")
-        .arg("-fn")
-        .arg(image)
-        .output()
-        .map_err(|e| format!("cannot run e2fsck (apt-get install e2fsprogs): {e}"))?;
-    if !fsck.status.success() {
-        return Err(format!(
-            "e2fsck: {}{}",
-            String::from_utf8_lossy(&fsck.stdout),
-            String::from_utf8_lossy(&fsck.stderr)
-        ));
-    }
-    for (sum, name) in sums {
-        let cat = Command::new("debugfs")
-            .arg("-R")
-            .arg(format!("cat /{name}"))
-            .arg(image)
-            .output()
-            .map_err(|e| format!("cannot run debugfs: {e}"))?;
-        if cat.stdout.len() != FS_FILE_BYTES || &md5_hex(&cat.stdout) != sum {
-            return Err(format!("{name} on the host differs from the guest's"));
+    let files = crate::disks::host_files(image, sums)?;
+    for ((_, name), data) in sums.iter().zip(&files) {
+        if data.len() != FS_FILE_BYTES {
+            return Err(format!("{name} on the host is {} bytes", data.len()));
         }
     }
     Ok(())

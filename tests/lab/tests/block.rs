@@ -45,56 +45,30 @@ fn virtio_blk_disks_through_the_scheme() -> lab::Result<()> {
     let mut vm = Vm::boot(cfg)?;
 
     // Two functions, two daemons, two schemes.
-    let schemes = vm.ok("ls /scheme")?;
-    for d in [DISK_A, DISK_B] {
-        let name = d.trim_start_matches("/scheme/");
-        assert!(schemes.contains(name), "{name} missing: {schemes}");
-    }
-    let pids: Vec<String> = vm
-        .ok("pidof virtio-blkd")?
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
-    assert_eq!(pids.len(), 2, "expected two virtio-blkd: {pids:?}");
+    let pids = lab::disks::daemons(&mut vm, "virtio-blkd", &[DISK_A, DISK_B])?;
 
     unprivileged_and_bound(&mut vm, &pids)?;
     whole_disk_reads(&mut vm, &disk_a)?;
     gpt_partitions(&mut vm, &disk_b)?;
-    lab::storage::concurrent_writes(
+    lab::disks::concurrent_writes(
         &mut vm,
         &format!("{DISK_A}/0"),
         WRITERS,
         WRITE_REGION,
         &expected_a,
+        "",
     )?;
     writes_to_one_disk_are_in_flight_together(&mut vm, &mut expected_a)?;
     bad_inputs(&mut vm)?;
     pci_scheme(&mut vm)?;
 
-    // Nothing above took a daemon down.
-    let after = vm.ok("pidof virtio-blkd")?;
-    for pid in &pids {
-        assert!(
-            after.split_whitespace().any(|p| p == pid),
-            "{pid} gone: {after}"
-        );
-    }
-    let console = vm.console();
-    assert!(!console.contains("exited unexpectedly"), "{console}");
+    lab::disks::still_running(&mut vm, "virtio-blkd", &pids)?;
 
     // The host file agrees once QEMU has flushed and exited.
     let status = vm.poweroff(Duration::from_secs(60))?;
     assert!(status.success(), "qemu: {status}");
-    let host_a = std::fs::read(&path_a).map_err(|e| e.to_string())?;
-    assert!(
-        host_a == expected_a,
-        "disk A on the host differs from what the guest wrote"
-    );
-    let host_b = std::fs::read(&path_b).map_err(|e| e.to_string())?;
-    assert!(
-        host_b == disk_b,
-        "disk B changed although nothing wrote to it"
-    );
+    lab::disks::host_file_is(&path_a, &expected_a, "disk A (what the guest wrote)")?;
+    lab::disks::host_file_is(&path_b, &disk_b, "disk B (nothing wrote to it)")?;
     Ok(())
 }
 

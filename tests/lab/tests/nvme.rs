@@ -144,12 +144,13 @@ fn nvme_namespaces_through_the_scheme() -> lab::Result<()> {
     let log = vm.ok("cat /var/log/nvmed@pci-0000-00-07.0.log")?;
     assert!(log.contains("up to 16 KiB"), "{log}");
 
-    lab::storage::concurrent_writes(
+    lab::disks::concurrent_writes(
         &mut vm,
         &format!("{DISKS_A}/1"),
         WRITERS,
         WRITE_REGION,
         &expected_1,
+        "",
     )?;
     bad_inputs(&mut vm)?;
     every_queue_has_its_vector(&mut vm)?;

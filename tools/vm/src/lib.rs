@@ -82,6 +82,29 @@ pub fn nvme_args(id: &str, addr: &str, props: &str, namespaces: &[(u32, &Path)])
     args
 }
 
+/// QEMU arguments for an AHCI HBA (ICH9, `-device ahci`: 6 ports, NCQ,
+/// one MSI vector) with id `id` behind the PCIe root port `bus`
+/// (`"rp1"`: the HBA is `pci-0000-01-00.0` when that port has bus 1), and
+/// an `ide-hd` on port P backed by `file` for each `(P, file)`. Behind a
+/// root port the HBA is alone in its IOMMU group and has a reset VFIO can
+/// use (the secondary bus reset); q35's own AHCI at 00:1f.2 has neither.
+pub fn ahci_args(id: &str, bus: &str, disks: &[(u32, &Path)]) -> Vec<String> {
+    let mut args = vec![
+        "-device".to_owned(),
+        format!("ahci,id={id},bus={bus},addr=00.0"),
+    ];
+    for (port, file) in disks {
+        let drive = format!("{id}p{port}");
+        args.extend([
+            "-drive".to_owned(),
+            format!("file={},if=none,id={drive},format=raw", file.display()),
+            "-device".to_owned(),
+            format!("ide-hd,bus={id}.{port},drive={drive}"),
+        ]);
+    }
+    args
+}
+
 /// QEMU arguments for an e1000 (82540EM) NIC on back end `netdev` at slot
 /// `addr` with MAC `mac`. QEMU's e1000 DMAs through the vIOMMU like any
 /// emulated PCI device, so nothing more is needed.
@@ -112,16 +135,19 @@ pub fn virtio_net_args(id: &str, netdev: &str, addr: &str, mac: &str) -> Vec<Str
 /// comes first, and a device added there is `pci-0000-0n-00.0`.
 pub fn root_port_args(count: u32) -> Vec<String> {
     (1..=count.min(16))
-        .flat_map(|n| {
-            [
-                "-device".to_owned(),
-                format!(
-                    "pcie-root-port,id=rp{n},chassis={n},slot={n},addr={:x}.0",
-                    0x10 + n - 1
-                ),
-            ]
-        })
+        .flat_map(|n| root_port(&format!("rp{n}"), n, &format!("{:x}.0", 0x10 + n - 1)))
         .collect()
+}
+
+/// QEMU arguments for one PCIe root port `id` at slot `addr` with chassis
+/// and slot number `n`, for a device of its own rather than for hot-plug.
+/// Buses go in slot order, so a port at a slot after [`root_port_args`]'
+/// leaves theirs numbered as they say.
+pub fn root_port(id: &str, n: u32, addr: &str) -> Vec<String> {
+    vec![
+        "-device".to_owned(),
+        format!("pcie-root-port,id={id},chassis={n},slot={n},addr={addr}"),
+    ]
 }
 
 /// QEMU arguments for an e1000 at slot `e1000` and a virtio-net at slot

@@ -23,15 +23,7 @@ fn main() -> ExitCode {
 fn run() -> io::Result<()> {
     let handle = PciFunctionHandle::from_env()?;
     common::sandbox::check_unprivileged()?;
-    let pci = handle.info();
-    if pci.vendor != device::VENDOR || !device::DEVICES.contains(&pci.device) {
-        return Err(io::Error::other(format!(
-            "{} ({:04x}:{:04x}) is not an 82540EM",
-            handle.name(),
-            pci.vendor,
-            pci.device
-        )));
-    }
+    handle.expect_ids(device::VENDOR, device::DEVICES, "an 82540EM")?;
 
     let (nic, irq) = device::start(&handle)?;
     let scheme = NetworkScheme::new(nic);

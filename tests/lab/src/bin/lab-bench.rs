@@ -3,7 +3,7 @@
 //! the ratio; under TCG only the ratio means anything. Not a test: nothing
 //! here passes or fails on speed.
 //!
-//!   lab-bench [block] [net] [nvme]      (default: all three)
+//!   lab-bench [block] [net] [nvme] [ahci]      (default: all four)
 //!
 //! The machine: our virtio-blk at 04.0 and Linux's at 07.0; our e1000 (05.0)
 //! and virtio-net (06.0) on QEMU hub 0, and an identical e1000 (08.0) and
@@ -12,6 +12,10 @@
 //! vfio-pci, so they find only the ignored functions. With `nvme`, our
 //! NVMe controller at 0a.0 (nvmed) and Linux's at 0b.0 (its `nvme`
 //! module), one 64 MiB namespace each.
+//! For `ahci`, two
+//! QEMU `ahci` HBAs with one disk each behind root ports: ours at 01:00.0,
+//! Linux's (`ahci`, `libahci`, `libata`, `sd_mod`) at 02:00.0. Linux's
+//! `ahci` also takes q35's own HBA at 00:1f.2, which has no disks.
 //!
 //! Debian 13's kernel has `virtio_pci` built in, which the lab normally
 //! keeps off (`initcall_blacklist=virtio_pci_driver_init`). Here it runs, so
@@ -26,6 +30,8 @@ use lab::{Config, Vm};
 use serde_json::Value;
 
 const OURS: &str = "/scheme/disk.pci-0000-00-04.0_virtio_blk/0";
+const OUR_AHCI: &str = "/scheme/disk.pci-0000-01-00.0_ahci/0";
+const KERNEL_AHCI: &str = "0000:02:00.0";
 const KERNEL_DISK: &str = "0000:00:07.0";
 const KERNEL_E1000: &str = "0000:00:08.0";
 const KERNEL_VIRTIO_NET: &str = "0000:00:09.0";
@@ -44,7 +50,8 @@ fn main() {
     let block = args.is_empty() || args.iter().any(|a| a == "block");
     let net = args.is_empty() || args.iter().any(|a| a == "net");
     let nvme = args.is_empty() || args.iter().any(|a| a == "nvme");
-    if let Err(e) = run(block, net, nvme) {
+    let ahci = args.is_empty() || args.iter().any(|a| a == "ahci");
+    if let Err(e) = run(block, net, nvme, ahci) {
         eprintln!("lab-bench: {e}");
         std::process::exit(1);
     }
@@ -59,7 +66,7 @@ fn disk(name: &str) -> Result<std::path::PathBuf, String> {
     Ok(path)
 }
 
-fn run(block: bool, net: bool, nvme: bool) -> Result<(), String> {
+fn run(block: bool, net: bool, nvme: bool, ahci: bool) -> Result<(), String> {
     let (a, b) = (disk("bench-ours.img")?, disk("bench-kernel.img")?);
     let (na, nb) = (disk("bench-nvme-ours.img")?, disk("bench-nvme-kernel.img")?);
     let mut cfg = Config::new("bench")
@@ -69,12 +76,19 @@ fn run(block: bool, net: bool, nvme: bool) -> Result<(), String> {
         .args(lab::nic_pair_on_hub(1, "08.0", "09.0"))
         .allow_builtin(lab::LINUX_VIRTIO_PCI)
         .cmdline(&[&format!(
-            "pcid.ignore={KERNEL_DISK},{KERNEL_E1000},{KERNEL_VIRTIO_NET},{KERNEL_NVME}"
+            "pcid.ignore={KERNEL_DISK},{KERNEL_E1000},{KERNEL_VIRTIO_NET},{KERNEL_NVME},{KERNEL_AHCI}"
         )]);
     if nvme {
         cfg = cfg
             .args(lab::nvme_args("n0", "0a.0", "", &[(1, &na)]))
             .args(lab::nvme_args("n1", "0b.0", "", &[(1, &nb)]));
+    }
+    if ahci {
+        let (c, d) = (disk("bench-ahci-ours.img")?, disk("bench-ahci-kernel.img")?);
+        cfg = cfg
+            .args(lab::root_port_args(2))
+            .args(lab::ahci_args("ahci0", "rp1", &[(0, &c)]))
+            .args(lab::ahci_args("ahci1", "rp2", &[(0, &d)]));
     }
     let mut vm = Vm::boot(cfg)?;
     if nvme {
@@ -82,6 +96,12 @@ fn run(block: bool, net: bool, nvme: bool) -> Result<(), String> {
             "for i in $(seq 600); do [ -e {OUR_NVME} ] && exit 0; sleep 0.1; done; exit 1"
         ))
         .map_err(|e| format!("nvmed never served its namespace: {e}"))?;
+    }
+    if ahci {
+        vm.ok(&format!(
+            "for i in $(seq 600); do [ -e {OUR_AHCI} ] && exit 0; sleep 0.1; done; exit 1"
+        ))
+        .map_err(|e| format!("ahcid never served its disk: {e}"))?;
     }
     // Our drivers first (bound to vfio-pci, so Linux's cannot take them).
     if net {
@@ -103,14 +123,22 @@ fn run(block: bool, net: bool, nvme: bool) -> Result<(), String> {
     } else {
         None
     };
+    let ahci_result = if ahci {
+        Some(bench_ahci(&mut vm)?)
+    } else {
+        None
+    };
     let net_result = if net { Some(bench_net(&mut vm)?) } else { None };
-    let recovery = bench_recovery(&mut vm, block, net)?;
+    let recovery = bench_recovery(&mut vm, block, net, ahci)?;
     let _ = vm.poweroff(Duration::from_secs(60));
     if let Some((dev, ours, kernel)) = block_result {
         print_block("virtio-blkd", "virtio_blk", &dev, &ours, &kernel);
     }
     if let Some((dev, ours, kernel)) = nvme_result {
         print_block("nvmed", "nvme", &dev, &ours, &kernel);
+    }
+    if let Some((dev, ours, kernel)) = ahci_result {
+        print_block("ahcid", "ahci", &dev, &ours, &kernel);
     }
     if let Some(rows) = net_result {
         print_net(&rows);
@@ -126,10 +154,18 @@ fn run(block: bool, net: bool, nvme: bool) -> Result<(), String> {
 
 /// Kills each of our drivers once, after the benchmarks, and reads init's
 /// `service … back N ms after it ended`.
-fn bench_recovery(vm: &mut Vm, block: bool, net: bool) -> Result<Vec<(&'static str, u64)>, String> {
+fn bench_recovery(
+    vm: &mut Vm,
+    block: bool,
+    net: bool,
+    ahci: bool,
+) -> Result<Vec<(&'static str, u64)>, String> {
     let mut drivers = Vec::new();
     if block {
         drivers.push(("virtio-blkd", "virtio-blkd@pci-0000-00-04.0"));
+    }
+    if ahci {
+        drivers.push(("ahcid", "ahcid@pci-0000-01-00.0"));
     }
     if net {
         drivers.push(("e1000d", "e1000d@pci-0000-00-05.0"));
@@ -185,6 +221,17 @@ fn bench_nvme(vm: &mut Vm) -> Result<(String, Value, Value), String> {
     ))?;
     let dev = dev.trim().to_owned();
     let (ours, kernel) = measure_pair(vm, OUR_NVME, &dev)?;
+    Ok((dev, ours, kernel))
+}
+
+/// ahcid against Linux's ahci, each on its own HBA with one disk.
+fn bench_ahci(vm: &mut Vm) -> Result<(String, Value, Value), String> {
+    let dev = vm.ok(&format!(
+        "for i in $(seq 100); do d=$(ls /sys/bus/pci/devices/{KERNEL_AHCI}/ata*/host*/target*/*/block 2>/dev/null); \
+         [ -n \"$d\" ] && [ -b /dev/$d ] && echo /dev/$d && exit 0; sleep 0.1; done; exit 1"
+    ))?;
+    let dev = dev.trim().to_owned();
+    let (ours, kernel) = measure_pair(vm, OUR_AHCI, &dev)?;
     Ok((dev, ours, kernel))
 }
 
