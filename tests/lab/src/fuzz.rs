@@ -461,6 +461,14 @@ pub fn run(c: &Campaign) -> crate::Result<Report> {
             report.requests
         );
 
+        // Every scheme asked first: a call on a daemon that stopped waits
+        // here for init to catch the hang and its successor to answer, so
+        // the service table below sees what happened.
+        report.unanswered.extend(
+            unanswered(&mut vm, round)
+                .into_iter()
+                .map(|l| format!("round {round}: {l}")),
+        );
         let after = services(&mut vm)?;
         for (name, row) in &after {
             if before.get(name) != Some(row) {
@@ -472,11 +480,6 @@ pub fn run(c: &Campaign) -> crate::Result<Report> {
         }
         report.service_changes.extend(
             endings(&vm.console(), mark)
-                .into_iter()
-                .map(|l| format!("round {round}: {l}")),
-        );
-        report.unanswered.extend(
-            unanswered(&mut vm, round)
                 .into_iter()
                 .map(|l| format!("round {round}: {l}")),
         );

@@ -8,7 +8,7 @@
 //!
 //!
 //! And the checks are live: with fifod stopped (`SIGSTOP`) two seconds
-//! into a run, the fuzzer reports calls on `/scheme/fifo` answered too
+//! into the workers' run, the fuzzer reports calls on `/scheme/fifo` answered too
 //! late, and the campaign reports fifod hung and restarted by init.
 //!
 //! `cargo test --release -p lab --test fuzz -- --include-ignored --nocapture`
@@ -73,7 +73,14 @@ fn a_daemon_that_stops_answering_is_caught() -> lab::Result<()> {
         ops: 2000,
         round_bound: Duration::from_secs(300),
         call_bound: Duration::from_secs(1),
-        sabotage: Some("(sleep 2; kill -STOP $(pidof fifod)) &".to_owned()),
+        // Two seconds after the workers are running (the parent and its
+        // four), so the stop lands on their calls, not on the discovery of
+        // paths before them.
+        sabotage: Some(
+            "(for i in $(seq 600); do [ $(pidof scheme-fuzz | wc -w) -ge 5 ] && break; sleep 0.05; done; \
+              sleep 2; kill -STOP $(pidof fifod)) &"
+                .to_owned(),
+        ),
     })?;
     report.print();
     assert!(!report.clean(), "a stopped fifod went unnoticed");
