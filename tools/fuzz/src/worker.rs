@@ -217,18 +217,20 @@ fn catch_alarm() -> nix::Result<()> {
 }
 
 /// Arms the real-time interval timer once for `d` (zero disarms it).
+/// How often an expired timer fires again while the call goes on.
+const REARM: Duration = Duration::from_millis(50);
+
 fn arm(d: Duration) {
-    let value = libc::timeval {
+    let tv = |d: Duration| libc::timeval {
         tv_sec: d.as_secs() as libc::time_t,
         tv_usec: d.subsec_micros() as libc::suseconds_t,
     };
-    let zero = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 0,
-    };
+    // The timer repeats: a short one can expire before the call has even
+    // entered the kernel (a busy guest), and its one signal would then be
+    // spent before the call could park, leaving it parked for good.
     let timer = libc::itimerval {
-        it_interval: zero,
-        it_value: value,
+        it_interval: tv(REARM.min(d)),
+        it_value: tv(d),
     };
     // SAFETY: `timer` is a valid itimerval for the call's duration; the
     // old value is not asked for.
