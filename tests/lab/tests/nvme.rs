@@ -252,13 +252,9 @@ fn md5_range(vm: &mut Vm, path: &str, (at, len): (usize, usize)) -> lab::Result<
 /// namespace 1 as written so far); bad ranges are refused.
 fn discards(vm: &mut Vm, disk_1: &[u8]) -> lab::Result<()> {
     let probe = lab::storage::probe;
-    let log = vm.ok("cat /var/log/nvmed@pci-0000-00-06.0.log")?;
+    let (log, dlfeat) = nvmed_log(vm, CTRL_A)?;
     assert!(log.contains("Dataset Management (discard)"), "{log}");
-    let dlfeat = log
-        .lines()
-        .find(|l| l.contains("namespace 1: deallocated blocks read back"))
-        .unwrap_or("no DLFEAT line");
-    println!("nvme: {dlfeat}");
+    println!("nvme: discard=unmap drive: {dlfeat}");
     let d1 = format!("{DISKS_A}/1");
     let (at, len) = DISCARD_1;
     assert!(discard_then_zeros(vm, &d1, DISCARD_1)?, "{d1}: not zeros");
@@ -296,11 +292,25 @@ fn discards(vm: &mut Vm, disk_1: &[u8]) -> lab::Result<()> {
     Ok(())
 }
 
+/// The log of the nvmed serving `ctrl`, and its line on what namespace
+/// 1's deallocated blocks read back (DLFEAT).
+fn nvmed_log(vm: &mut Vm, ctrl: &str) -> lab::Result<(String, String)> {
+    let log = vm.ok(&format!("cat /var/log/nvmed@{}.log", pcid_name(ctrl)))?;
+    let dlfeat = log
+        .lines()
+        .find(|l| l.contains("namespace 1: deallocated blocks read back"))
+        .unwrap_or("no DLFEAT line")
+        .to_owned();
+    Ok((log, dlfeat))
+}
+
 /// A discard on controller B (QEMU's default `discard=ignore`): true if
 /// the range still holds its data afterwards, false if it reads zeros.
 fn discard_ignored(vm: &mut Vm, disk_b: &[u8]) -> lab::Result<bool> {
     let b1 = format!("{DISKS_B}/1");
     let (at, len) = DISCARD_B;
+    let (_, dlfeat) = nvmed_log(vm, CTRL_B)?;
+    println!("nvme: discard=ignore drive: {dlfeat}");
     if discard_then_zeros(vm, &b1, DISCARD_B)? {
         return Ok(false);
     }
