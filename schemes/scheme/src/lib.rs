@@ -69,6 +69,9 @@ pub enum Completed {
     Written(usize),
     /// A deferred `fsync`.
     Synced,
+    /// A deferred `ioctl` (`call`) that moves no data back: its return
+    /// value.
+    Called(usize),
 }
 
 /// One finished deferred request: `request` is the [`CallerCtx::request`]
@@ -277,7 +280,10 @@ pub trait Scheme {
     /// `ioctl`: `metadata[0]` is the command, `metadata[1]` the raw argument.
     /// `payload` holds the caller's data for `_IOW`/`_IOWR` commands and is
     /// copied back for `_IOR`/`_IOWR` (its size is the command's `_IOC_SIZE`).
-    /// The returned value becomes `ioctl`'s return value.
+    /// The returned value becomes `ioctl`'s return value. `Err(EINPROGRESS)`
+    /// defers the reply (finished with [`Completed::Called`]) for a command
+    /// that moves no data back (`_IO`, `_IOW`); for one that does, it fails
+    /// with `EIO`.
     fn call(
         &mut self,
         id: usize,

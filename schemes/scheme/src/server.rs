@@ -284,6 +284,7 @@ impl<S: Scheme> Server<S> {
                 },
             ),
             (DeferredKind::Fsync, Ok(Completed::Synced)) => self.reply_empty(c.request),
+            (DeferredKind::Call, Ok(Completed::Called(v))) => self.reply_ioctl(c.request, v, &[]),
             (kind, Ok(got)) => {
                 warn!(
                     "fuse: request {} ({kind:?}) completed with a mismatched result {:?}",
@@ -939,18 +940,32 @@ impl<S: Scheme> Server<S> {
             Ok(v) => v,
             // ENOSYS would make the kernel give up on ioctl for the mount.
             Err(e) if e.errno == ENOSYS => return Err(Error::new(ENOTTY)),
+            // Only a command whose reply carries no data can wait: the
+            // payload is not kept.
+            Err(e) if e.errno == EINPROGRESS && out_size == 0 => {
+                self.waiters
+                    .defer(req.header.unique, io.fh, DeferredKind::Call);
+                return Ok(());
+            }
+            Err(e) if e.errno == EINPROGRESS => {
+                warn!(
+                    "fuse: ioctl {:#x} returning data cannot be deferred",
+                    io.cmd
+                );
+                return Err(Error::new(EIO));
+            }
             Err(e) => return Err(e),
         };
+        self.reply_ioctl(req.header.unique, value, &payload[..out_size]);
+        Ok(())
+    }
+
+    fn reply_ioctl(&self, unique: u64, value: usize, data: &[u8]) {
         let out = IoctlOut {
             result: i32::try_from(value).unwrap_or(i32::MAX),
             ..Default::default()
         };
-        self.send(
-            req.header.unique,
-            0,
-            &[out.as_bytes(), &payload[..out_size]],
-        );
-        Ok(())
+        self.send(unique, 0, &[out.as_bytes(), data]);
     }
 
     fn op_poll(&mut self, req: &Request<'_>, ctx: &CallerCtx) -> Result<()> {
@@ -1017,6 +1032,7 @@ impl std::fmt::Debug for CompletedSummary<'_> {
             Completed::Read(d) => write!(f, "Read({} bytes)", d.len()),
             Completed::Written(n) => write!(f, "Written({n})"),
             Completed::Synced => write!(f, "Synced"),
+            Completed::Called(v) => write!(f, "Called({v})"),
         }
     }
 }

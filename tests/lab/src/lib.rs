@@ -24,8 +24,8 @@ pub mod storage;
 
 pub use vm::{
     ahci_args, e1000_args, image_dir, kernel_cmdline, machine_args, nic_pair_on_hub, nvme_args,
-    root_port_args, virtio_blk_args, virtio_net_args, workspace_root, BUILTINS_KEPT_OFF,
-    LINUX_VIRTIO_PCI,
+    nvme_args_with, root_port_args, virtio_blk_args, virtio_net_args, workspace_root,
+    BUILTINS_KEPT_OFF, LINUX_VIRTIO_PCI,
 };
 
 pub type Result<T> = std::result::Result<T, String>;

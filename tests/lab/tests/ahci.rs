@@ -335,6 +335,11 @@ fn bad_inputs(vm: &mut Vm) -> lab::Result<()> {
         probe(vm, &format!("ioctl-u64 {d} 0x80081272"))?,
         format!("ok 0 {SIZE_0}")
     );
+    // ahcid does not discard (no ATA TRIM).
+    assert_eq!(
+        probe(vm, &format!("ioctl-range {d} 0x40101277 0 4096"))?,
+        "err EOPNOTSUPP"
+    );
     Ok(())
 }
 

@@ -200,6 +200,11 @@ fn bad_inputs(vm: &mut Vm) -> lab::Result<()> {
         probe(vm, &format!("ioctl-u64 {DISK_A}/0 0x80081272"))?,
         format!("ok 0 {SIZE_A}")
     );
+    // virtio-blkd does not discard (VIRTIO_BLK_F_DISCARD is not used).
+    assert_eq!(
+        probe(vm, &format!("ioctl-range {DISK_A}/0 0x40101277 0 4096"))?,
+        "err EOPNOTSUPP"
+    );
     assert_eq!(probe(vm, "open /scheme/disk.nope/0 r")?, "err ENOENT");
     Ok(())
 }

@@ -8,7 +8,13 @@
 //! restarted daemon resets the controller and serves on, and after
 //! poweroff the host's `e2fsck -fn` finds the file system clean and
 //! `debugfs` reads back every file. `/health` is the SMART log, whose data
-//! units read move by what was read. pcid binds both controllers to
+//! units read move by what was read. Discard (`BLKDISCARD`, Dataset
+//! Management deallocate): controller A's drives have `discard=unmap`, so
+//! a discarded range of namespace 1 and of partition 2p1 reads back zeros
+//! in the guest and is zeros (a hole) in the host file; misaligned,
+//! empty and out-of-range discards are `EINVAL` and change nothing;
+//! controller B keeps QEMU's default `discard=ignore`, and what a discard
+//! there reads back is reported. pcid binds both controllers to
 //! vfio-pci and init starts one unprivileged nvmed each; Linux's nvme
 //! driver is never loaded. Every byte is checked against the host's backing
 //! files, before and after poweroff.
@@ -41,6 +47,16 @@ const WRITE_REGION: (usize, usize) = (1 << 20, 3 << 20);
 const HEADROOM: u64 = 3 << 19;
 /// nvmed's uid and gid (initfs/etc/passwd).
 const NVMED_ID: u32 = 206;
+/// The scheme's discard ioctl, `_IOW(0x12, 119, 16)`, and Linux's own
+/// `_IO(0x12, 119)`, whose range FUSE does not carry.
+const BLKDISCARD: &str = "0x40101277";
+const BLKDISCARD_LINUX: &str = "0x1277";
+/// Discarded: 128 KiB at 5 MiB of A's namespace 1 (outside the writers'
+/// region), 64 KiB at the start of partition 2p1, 64 KiB at 1 MiB of B's
+/// namespace 1.
+const DISCARD_1: (usize, usize) = (5 << 20, 128 << 10);
+const DISCARD_2P1: (usize, usize) = (0, 64 << 10);
+const DISCARD_B: (usize, usize) = (1 << 20, 64 << 10);
 /// Linux's own NVMe stack, which must never have been loaded.
 const LINUX_NVME: [&str; 2] = ["nvme", "nvme_core"];
 
@@ -65,19 +81,20 @@ fn nvme_namespaces_through_the_scheme() -> lab::Result<()> {
     let disk_1 = pattern(11, SIZE_1);
     std::fs::write(&path_1, &disk_1).map_err(|e| e.to_string())?;
     let disk_2 = lab::disks::gpt_disk(&path_2, 12, SIZE_2, &PARTS_2)?;
-    let disk_b = pattern(13, SIZE_B);
+    let mut disk_b = pattern(13, SIZE_B);
     std::fs::write(&path_b, &disk_b).map_err(|e| e.to_string())?;
     let path_fs = scratch("nvme-b2.img");
     let f = std::fs::File::create(&path_fs).map_err(|e| e.to_string())?;
     f.set_len(SIZE_FS).map_err(|e| e.to_string())?;
     drop(f);
-    let (plans, expected_1) = lab::disks::write_plans(&disk_1, WRITERS, WRITE_REGION);
+    let (plans, mut expected_1) = lab::disks::write_plans(&disk_1, WRITERS, WRITE_REGION);
 
     let mut cfg = Config::new("nvme")
-        .args(lab::nvme_args(
+        .args(lab::nvme_args_with(
             "c0",
             "06.0",
             "",
+            ",discard=unmap",
             &[(1, &path_1), (2, &path_2)],
         ))
         .args(lab::nvme_args(
@@ -156,6 +173,20 @@ fn nvme_namespaces_through_the_scheme() -> lab::Result<()> {
     every_queue_has_its_vector(&mut vm)?;
     memlock_fits(&mut vm)?;
     health_counts_reads(&mut vm, SIZE_2)?;
+    let discard_started = Instant::now();
+    discards(&mut vm, &expected_1)?;
+    let (at, len) = DISCARD_1;
+    expected_1[at..at + len].fill(0);
+    let mut disk_2 = disk_2;
+    let at = PARTS_2[0].0 as usize * 512 + DISCARD_2P1.0;
+    disk_2[at..at + DISCARD_2P1.1].fill(0);
+    if discard_ignored(&mut vm, &disk_b)? {
+        println!("nvme: discard=ignore: QEMU left the deallocated range's data in place");
+    } else {
+        println!("nvme: discard=ignore: the deallocated range reads back zeros");
+        disk_b[DISCARD_B.0..DISCARD_B.0 + DISCARD_B.1].fill(0);
+    }
+    println!("nvme: discard checks took {:?}", discard_started.elapsed());
 
     // Nothing above took a daemon down.
     let after = vm.ok("pidof nvmed")?;
@@ -203,6 +234,97 @@ fn nvme_namespaces_through_the_scheme() -> lab::Result<()> {
     lab::storage::fsck_and_files(&path_fs, &sums)?;
     eprintln!("nvme scenario: {:?}", started.elapsed());
     Ok(())
+}
+
+/// md5 of `len` bytes at `at` of `path`, read in 64 KiB blocks.
+fn md5_range(vm: &mut Vm, path: &str, (at, len): (usize, usize)) -> lab::Result<String> {
+    let bs = 64 << 10;
+    let out = vm.ok(&format!(
+        "dd if={path} bs={bs} skip={} count={} 2>/dev/null | md5sum",
+        at / bs,
+        len / bs
+    ))?;
+    Ok(out.split_whitespace().next().unwrap_or_default().to_owned())
+}
+
+/// Discards on controller A (`discard=unmap`): namespace 1 and partition
+/// 2p1 read back zeros there and their neighbours unchanged (`disk_1`:
+/// namespace 1 as written so far); bad ranges are refused.
+fn discards(vm: &mut Vm, disk_1: &[u8]) -> lab::Result<()> {
+    let probe = lab::storage::probe;
+    let (log, dlfeat) = nvmed_log(vm, CTRL_A)?;
+    assert!(log.contains("Dataset Management (discard)"), "{log}");
+    println!("nvme: discard=unmap drive: {dlfeat}");
+    let d1 = format!("{DISKS_A}/1");
+    let (at, len) = DISCARD_1;
+    assert!(discard_then_zeros(vm, &d1, DISCARD_1)?, "{d1}: not zeros");
+    for around in [(at - len, len), (at + len, len)] {
+        let want = md5_hex(&disk_1[around.0..around.0 + around.1]);
+        assert_eq!(md5_range(vm, &d1, around)?, want, "{around:?}");
+    }
+    let p1 = format!("{DISKS_A}/2p1");
+    assert!(discard_then_zeros(vm, &p1, DISCARD_2P1)?, "{p1}: not zeros");
+    // Misaligned, empty, past the end (of the disk and of the partition),
+    // and Linux's encoding: EINVAL; the host check after poweroff shows
+    // nothing changed.
+    let p1_size = (PARTS_2[0].1 - PARTS_2[0].0 + 1) * 512;
+    for (path, offset, length) in [
+        (&d1, 4096 + 1, 4096u64),
+        (&d1, 4096, 1000),
+        (&d1, 4096, 0),
+        (&d1, SIZE_1 as u64 - 512, 1024),
+        (&d1, SIZE_1 as u64, 512),
+        (&p1, p1_size - 512, 1024),
+    ] {
+        assert_eq!(
+            probe(
+                vm,
+                &format!("ioctl-range {path} {BLKDISCARD} {offset} {length}")
+            )?,
+            "err EINVAL",
+            "{length} at {offset} of {path}"
+        );
+    }
+    assert_eq!(
+        probe(vm, &format!("ioctl-range {d1} {BLKDISCARD_LINUX} 0 4096"))?,
+        "err EINVAL"
+    );
+    Ok(())
+}
+
+/// The log of the nvmed serving `ctrl`, and its line on what namespace
+/// 1's deallocated blocks read back (DLFEAT).
+fn nvmed_log(vm: &mut Vm, ctrl: &str) -> lab::Result<(String, String)> {
+    let log = vm.ok(&format!("cat /var/log/nvmed@{}.log", pcid_name(ctrl)))?;
+    let dlfeat = log
+        .lines()
+        .find(|l| l.contains("namespace 1: deallocated blocks read back"))
+        .unwrap_or("no DLFEAT line")
+        .to_owned();
+    Ok((log, dlfeat))
+}
+
+/// A discard on controller B (QEMU's default `discard=ignore`): true if
+/// the range still holds its data afterwards, false if it reads zeros.
+fn discard_ignored(vm: &mut Vm, disk_b: &[u8]) -> lab::Result<bool> {
+    let b1 = format!("{DISKS_B}/1");
+    let (at, len) = DISCARD_B;
+    let (_, dlfeat) = nvmed_log(vm, CTRL_B)?;
+    println!("nvme: discard=ignore drive: {dlfeat}");
+    if discard_then_zeros(vm, &b1, DISCARD_B)? {
+        return Ok(false);
+    }
+    let same = md5_range(vm, &b1, DISCARD_B)? == md5_hex(&disk_b[at..at + len]);
+    assert!(same, "{b1}: neither its data nor zeros after a discard");
+    Ok(true)
+}
+
+/// Discards the range of `path` (which must succeed); true if it then
+/// reads back zeros.
+fn discard_then_zeros(vm: &mut Vm, path: &str, (at, len): (usize, usize)) -> lab::Result<bool> {
+    let answer = lab::storage::probe(vm, &format!("ioctl-range {path} {BLKDISCARD} {at} {len}"))?;
+    assert_eq!(answer, "ok 0", "discard of {len} at {at} of {path}");
+    Ok(md5_range(vm, path, (at, len))? == md5_hex(&vec![0u8; len]))
 }
 
 fn bad_inputs(vm: &mut Vm) -> lab::Result<()> {

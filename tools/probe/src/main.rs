@@ -13,6 +13,8 @@
 //!         (PLAN: lines "OFFSET HEX", each one pwrite, in file order)
 //!   probe fsync PATH                          → ok | err ENAME
 //!   probe ioctl-u64 PATH CMD                  → ok R V  (V: the u64 the call wrote)
+//!   probe ioctl-range PATH CMD OFFSET LEN     → ok R | err ENAME
+//!         (the argument points at two u64s, OFFSET and LEN: BLKDISCARD's)
 //!   probe canary GO_FILE TIMEOUT_S            → a page for a DMA attack to miss (canary.rs)
 
 use std::os::fd::OwnedFd;
@@ -45,6 +47,7 @@ fn errno_name(e: Errno) -> String {
         (Errno::FBIG, "EFBIG"),
         (Errno::BUSY, "EBUSY"),
         (Errno::NXIO, "ENXIO"),
+        (Errno::OPNOTSUPP, "EOPNOTSUPP"),
     ];
     known
         .iter()
@@ -159,6 +162,15 @@ fn run(args: &[String]) -> Result<String, Errno> {
             v.copy_from_slice(&buf[..8]);
             Ok(format!("ok {r} {}", u64::from_ne_bytes(v)))
         }
+        ["ioctl-range", path, cmd, offset, len] => {
+            let cmd = parse_num(cmd).ok_or(Errno::INVAL)?;
+            let offset = parse_num(offset).ok_or(Errno::INVAL)?;
+            let len = parse_num(len).ok_or(Errno::INVAL)?;
+            let fd = open_path(path, OFlags::RDWR)?;
+            let range = [offset.to_ne_bytes(), len.to_ne_bytes()].concat();
+            let (r, _) = ioctl_on(&fd, cmd, &range)?;
+            Ok(format!("ok {r}"))
+        }
         ["open", path, mode] => {
             let flags = match *mode {
                 "r" => OFlags::RDONLY,
@@ -170,7 +182,7 @@ fn run(args: &[String]) -> Result<String, Errno> {
             Ok("ok".to_owned())
         }
         _ => {
-            eprintln!("usage: probe read|write|poll|ioctl|open|pread|pwrite|writes|fsync|ioctl-u64 ... (see source)");
+            eprintln!("usage: probe read|write|poll|ioctl|open|pread|pwrite|writes|fsync|ioctl-u64|ioctl-range ... (see source)");
             std::process::exit(2);
         }
     }
@@ -193,7 +205,15 @@ fn from_hex(text: &str) -> Option<Vec<u8>> {
 /// Calls ioctl `cmd` on `fd` with a zeroed buffer as the argument; returns
 /// the call's value and the buffer as the call left it.
 fn raw_ioctl(fd: &OwnedFd, cmd: u64) -> Result<(i32, Vec<u8>), Errno> {
+    ioctl_on(fd, cmd, &[])
+}
+
+/// As [`raw_ioctl`], the buffer starting with `init` (at most 16 KiB).
+fn ioctl_on(fd: &OwnedFd, cmd: u64, init: &[u8]) -> Result<(i32, Vec<u8>), Errno> {
     let mut buf = vec![0u8; 16384];
+    buf.get_mut(..init.len())
+        .ok_or(Errno::INVAL)?
+        .copy_from_slice(init);
     // SAFETY: the command is arbitrary by design (the tests send garbage on
     // purpose); the argument points at a zeroed 16 KiB buffer, larger than
     // the biggest size (16383) an _IOC encoding can name for restricted FUSE

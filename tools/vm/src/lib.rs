@@ -66,6 +66,19 @@ pub fn virtio_blk_args(id: &str, file: &Path, addr: &str) -> Vec<String> {
 /// vIOMMU like any emulated PCI device: nothing like virtio's
 /// `iommu_platform` is needed.
 pub fn nvme_args(id: &str, addr: &str, props: &str, namespaces: &[(u32, &Path)]) -> Vec<String> {
+    nvme_args_with(id, addr, props, "", namespaces)
+}
+
+/// As [`nvme_args`], `drive_opts` appended to each namespace's `-drive`
+/// (`",discard=unmap"`: QEMU then passes deallocation on to the file,
+/// punching holes; by default, `discard=ignore`, it drops it).
+pub fn nvme_args_with(
+    id: &str,
+    addr: &str,
+    props: &str,
+    drive_opts: &str,
+    namespaces: &[(u32, &Path)],
+) -> Vec<String> {
     let mut args = vec![
         "-device".to_owned(),
         format!("nvme,id={id},serial={id}-serial,addr={addr}{props}"),
@@ -74,7 +87,10 @@ pub fn nvme_args(id: &str, addr: &str, props: &str, namespaces: &[(u32, &Path)])
         let drive = format!("{id}n{nsid}");
         args.extend([
             "-drive".to_owned(),
-            format!("file={},if=none,id={drive},format=raw", file.display()),
+            format!(
+                "file={},if=none,id={drive},format=raw{drive_opts}",
+                file.display()
+            ),
             "-device".to_owned(),
             format!("nvme-ns,drive={drive},bus={id},nsid={nsid}"),
         ]);

@@ -5,7 +5,7 @@
 //! (`/` lists disks and partitions, `/N` is disk N, `/NpM` partition M of it),
 //! partition tables (MBR, GPT), byte-granular I/O on block devices (splitting
 //! at `max_transfer`, read-modify-write of partial sectors, ordering of
-//! overlapping writes), the device queue (depth, resubmission after `EAGAIN`)
+//! overlapping writes and discards), discard (`BLKDISCARD`), the device queue (depth, resubmission after `EAGAIN`)
 //! and asynchronous completion through the runtime's deferred replies.
 //!
 //! A driver implements [`BlockDevice`] (submit an operation, collect finished
@@ -19,7 +19,9 @@ mod scheme;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 
-pub use crate::scheme::{DiskScheme, FileSource, BLKGETSIZE64, BLKSSZGET};
+pub use crate::scheme::{
+    DiskScheme, FileSource, BLKDISCARD, BLKDISCARD_LINUX, BLKGETSIZE64, BLKSSZGET,
+};
 
 /// What a device reports about one disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,15 +37,37 @@ pub struct DiskInfo {
     pub read_only: bool,
     /// The device has a volatile write cache that `Flush` empties.
     pub can_flush: bool,
+    /// Most blocks one `Discard` may name; 0: the device cannot discard.
+    pub max_discard: u64,
+}
+
+impl DiskInfo {
+    /// The device takes `Op::Discard`.
+    pub fn can_discard(&self) -> bool {
+        self.max_discard > 0
+    }
 }
 
 /// One operation for the device. `Write` data is only borrowed for the
 /// `submit` call: the device copies it into its own (DMA) buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op<'a> {
-    Read { lba: u64, blocks: u32 },
-    Write { lba: u64, data: &'a [u8] },
+    Read {
+        lba: u64,
+        blocks: u32,
+    },
+    Write {
+        lba: u64,
+        data: &'a [u8],
+    },
     Flush,
+    /// The blocks' contents are no longer needed (NVMe deallocate, ATA
+    /// TRIM, virtio-blk discard). Only sent when `DiskInfo::max_discard`
+    /// allows it; what they read back afterwards is the device's business.
+    Discard {
+        lba: u64,
+        blocks: u64,
+    },
 }
 
 /// A finished operation, named by the tag it was submitted with.

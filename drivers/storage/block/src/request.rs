@@ -8,6 +8,9 @@
 //!   order (a write waits while an earlier overlapping write, or its RMW,
 //!   is unfinished), so two writes sharing a block never lose each other's
 //!   bytes. Reads and non-overlapping writes run concurrently.
+//! - A discard (whole blocks, split at `max_discard`) is ordered like a
+//!   write: it waits for earlier overlapping writes and discards, and
+//!   later overlapping ones wait for it.
 //! - At most `queue_depth` operations are at the device; the rest wait in
 //!   a FIFO here and are submitted as completions free slots (also after
 //!   the device refuses one with `EAGAIN`).
@@ -40,6 +43,8 @@ pub(crate) struct Geometry {
     pub blocks: u64,
     /// Largest operation, in blocks (at least 1).
     pub max_blocks: u64,
+    /// Largest discard, in blocks (0: the device cannot discard).
+    pub max_discard: u64,
     pub depth: usize,
 }
 
@@ -52,6 +57,7 @@ impl Geometry {
                 bs: 512,
                 blocks: 0,
                 max_blocks: 1,
+                max_discard: 0,
                 depth: 1,
             };
         }
@@ -62,6 +68,7 @@ impl Geometry {
             bs,
             blocks,
             max_blocks,
+            max_discard: info.max_discard,
             depth: info.queue_depth.max(1),
         }
     }
@@ -120,6 +127,10 @@ enum SubKind {
         at: usize,
     },
     Flush,
+    Discard {
+        lba: u64,
+        blocks: u64,
+    },
 }
 
 struct Req {
@@ -141,6 +152,11 @@ enum ReqKind {
     },
     Write(WriteReq),
     Flush,
+    /// Blocks to discard, and whether its operations are queued yet.
+    Discard {
+        span: Span,
+        started: bool,
+    },
 }
 
 struct WriteReq {
@@ -177,7 +193,8 @@ pub(crate) struct Engine<D> {
     queue: VecDeque<Sub>,
     /// Operations at the device, by tag.
     inflight: BTreeMap<u64, Sub>,
-    /// Unfinished writes (waiting or running) by key, i.e. arrival order.
+    /// Unfinished writes and discards (waiting or running) by key, i.e.
+    /// arrival order.
     writes: BTreeMap<u64, Span>,
     finished: Vec<Completion>,
     done: Vec<Done>,
@@ -265,20 +282,27 @@ impl<D: BlockDevice> Engine<D> {
             return;
         }
         let span = self.geo.span(offset, data.len());
+        let kind = ReqKind::Write(WriteReq {
+            span,
+            state: WriteState::Waiting,
+            skip: (offset % self.geo.bs) as usize,
+            len: data.len(),
+            data,
+            buf: Vec::new(),
+        });
+        self.begin_ordered(token, span, kind);
+    }
+
+    /// Enters a write or discard over `span` in arrival order and starts
+    /// it unless an earlier overlapping one is unfinished.
+    fn begin_ordered(&mut self, token: u64, span: Span, kind: ReqKind) {
         let key = self.key();
         self.writes.insert(key, span);
         self.reqs.insert(
             key,
             Req {
                 token,
-                kind: ReqKind::Write(WriteReq {
-                    span,
-                    state: WriteState::Waiting,
-                    skip: (offset % self.geo.bs) as usize,
-                    len: data.len(),
-                    data,
-                    buf: Vec::new(),
-                }),
+                kind,
                 pending: 0,
                 error: None,
             },
@@ -306,6 +330,31 @@ impl<D: BlockDevice> Engine<D> {
             kind: SubKind::Flush,
         });
         self.pump();
+    }
+
+    /// Discards `blocks > 0` blocks at `lba`, finished with
+    /// `Completed::Called(0)`. The scheme checks alignment, bounds and
+    /// that the device can discard; a request outside the disk or on a
+    /// device that cannot discard fails with `EIO`.
+    pub fn discard(&mut self, token: u64, lba: u64, blocks: u64) {
+        let span = Span { lba, blocks };
+        let inside = blocks > 0
+            && lba
+                .checked_add(blocks)
+                .is_some_and(|e| e <= self.geo.blocks);
+        if !inside || self.geo.max_discard == 0 {
+            warn!("discard of {blocks} blocks at {lba} outside the disk or not supported");
+            self.finished.push(Completion {
+                request: token,
+                result: Err(Error::new(EIO)),
+            });
+            return;
+        }
+        let kind = ReqKind::Discard {
+            span,
+            started: false,
+        };
+        self.begin_ordered(token, span, kind);
     }
 
     /// Collects the device's finished operations and advances requests.
@@ -394,17 +443,40 @@ impl<D: BlockDevice> Engine<D> {
         self.writes.range(..key).all(|(_, s)| !s.overlaps(&span))
     }
 
-    /// Waiting → Filling (edge reads) or straight to Writing.
+    /// Waiting → Filling (edge reads) or straight to Writing; a discard
+    /// queues its operations.
     fn start_write(&mut self, key: u64) {
         let bs = self.geo.bs;
-        let Some(Req {
-            kind: ReqKind::Write(w),
-            pending,
-            ..
-        }) = self.reqs.get_mut(&key)
-        else {
-            return;
+        let max_discard = self.geo.max_discard.max(1);
+        let w = match self.reqs.get_mut(&key) {
+            Some(Req {
+                kind: ReqKind::Discard { span, started },
+                pending,
+                ..
+            }) => {
+                *started = true;
+                let mut subs = Vec::new();
+                let mut lba = span.lba;
+                while lba < span.end() {
+                    let blocks = (span.end() - lba).min(max_discard);
+                    subs.push(Sub {
+                        key,
+                        kind: SubKind::Discard { lba, blocks },
+                    });
+                    lba += blocks;
+                }
+                *pending = subs.len();
+                self.queue.extend(subs);
+                return;
+            }
+            Some(Req {
+                kind: ReqKind::Write(w),
+                pending,
+                ..
+            }) => (w, pending),
+            _ => return,
         };
+        let (w, pending) = w;
         let head = w.skip != 0;
         let tail = !((w.skip + w.len) as u64).is_multiple_of(bs);
         if !head && !tail {
@@ -486,6 +558,9 @@ impl<D: BlockDevice> Engine<D> {
                     }
                 }
                 (SubKind::Flush, Some(_)) => self.dev.submit(tag, Op::Flush),
+                (SubKind::Discard { lba, blocks }, Some(_)) => {
+                    self.dev.submit(tag, Op::Discard { lba, blocks })
+                }
             };
             match res {
                 Ok(()) => {
@@ -524,7 +599,7 @@ impl<D: BlockDevice> Engine<D> {
                 let buf = match &mut req.kind {
                     ReqKind::Read { buf, .. } => Some(buf),
                     ReqKind::Write(w) => Some(&mut w.buf),
-                    ReqKind::Flush => None,
+                    ReqKind::Flush | ReqKind::Discard { .. } => None,
                 };
                 match buf {
                     Some(buf) if data.len() == want => {
@@ -543,7 +618,7 @@ impl<D: BlockDevice> Engine<D> {
                     }
                 }
             }
-            (Ok(_), SubKind::Write { .. } | SubKind::Flush) => {}
+            (Ok(_), SubKind::Write { .. } | SubKind::Flush | SubKind::Discard { .. }) => {}
         }
         if req.pending == 0 {
             self.advance(sub.key);
@@ -583,6 +658,7 @@ impl<D: BlockDevice> Engine<D> {
             }
             (None, ReqKind::Write(w)) => Ok(Completed::Written(w.len)),
             (None, ReqKind::Flush) => Ok(Completed::Synced),
+            (None, ReqKind::Discard { .. }) => Ok(Completed::Called(0)),
         };
         self.finished.push(Completion {
             request: req.token,
@@ -593,7 +669,8 @@ impl<D: BlockDevice> Engine<D> {
         }
     }
 
-    /// Starts every waiting write no earlier write overlaps any more.
+    /// Starts every waiting write or discard no earlier one overlaps any
+    /// more.
     fn start_ready_writes(&mut self) {
         let waiting: Vec<(u64, Span)> = self
             .writes
@@ -605,7 +682,7 @@ impl<D: BlockDevice> Engine<D> {
                         kind: ReqKind::Write(WriteReq {
                             state: WriteState::Waiting,
                             ..
-                        }),
+                        }) | ReqKind::Discard { started: false, .. },
                         ..
                     })
                 )

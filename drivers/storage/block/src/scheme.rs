@@ -15,8 +15,13 @@
 //! A driver may add small read-only files beside the disks
 //! ([`DiskScheme::add_file`]: nvmed's `health`), rendered when opened.
 //!
-//! Reads, writes and fsync are deferred (`EINPROGRESS`): submitted to the
-//! device at once and answered from [`DiskScheme::on_irq`].
+//! Discard is the ioctl [`BLKDISCARD`] (a byte offset and length, both
+//! multiples of the block size, inside the disk or partition; else
+//! `EINVAL`; `EOPNOTSUPP` when the device cannot discard).
+//!
+//! Reads, writes, fsync and discards are deferred (`EINPROGRESS`):
+//! submitted to the device at once and answered from
+//! [`DiskScheme::on_irq`].
 
 use std::io;
 
@@ -26,7 +31,7 @@ use scheme::{
 };
 use syscall::error::{
     Error, Result, EACCES, EBADF, EINPROGRESS, EINVAL, EIO, EISDIR, ENOENT, ENOSPC, ENOTDIR,
-    ENOTTY, EROFS,
+    ENOTTY, EOPNOTSUPP, EROFS,
 };
 use syscall::flag::{MODE_DIR, MODE_FILE, O_DIRECTORY, O_RDONLY, O_STAT, O_WRONLY};
 
@@ -41,6 +46,15 @@ pub const BLKGETSIZE64: u32 = ioctl::ior(0x12, 114, 8);
 /// writes it through the argument pointer, but FUSE moves no data for `_IO`
 /// commands, so here it is the ioctl's return value.
 pub const BLKSSZGET: u32 = ioctl::io(0x12, 104);
+/// Discard a range: Linux's `BLKDISCARD` number with its argument's size
+/// in the command, `_IOW(0x12, 119, 16)`. The argument points at two
+/// native-endian `u64`s, byte offset and length, as for Linux's; the size
+/// is what makes FUSE copy them to us.
+pub const BLKDISCARD: u32 = ioctl::iow(0x12, 119, 16);
+/// Linux's own `BLKDISCARD` = `_IO(0x12, 119)`. FUSE (restricted ioctls)
+/// moves no data for `_IO` commands, so its range never reaches a FUSE
+/// server: it is answered `EINVAL`; use [`BLKDISCARD`].
+pub const BLKDISCARD_LINUX: u32 = ioctl::io(0x12, 119);
 
 /// Permission bits of disk and partition files (owner and group read and
 /// write, like `/dev/sd*`).
@@ -282,6 +296,38 @@ impl<D: BlockDevice> DiskScheme<D> {
     }
 
     /// The names in `/`, in listing order.
+    /// Starts a discard of the range in `payload` (byte offset and length,
+    /// relative to the extent `base`/`size` of disk `disk`).
+    fn discard(
+        &mut self,
+        disk: usize,
+        (base, size): (u64, u64),
+        payload: &[u8],
+        ctx: &CallerCtx,
+    ) -> Result<usize> {
+        let word = |i: usize| {
+            payload
+                .get(i * 8..i * 8 + 8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_ne_bytes)
+                .ok_or(Error::new(EINVAL))
+        };
+        let (offset, len) = (word(0)?, word(1)?);
+        let d = self.disks.get_mut(disk).ok_or(Error::new(EBADF))?;
+        if !d.engine.info().can_discard() {
+            return Err(Error::new(EOPNOTSUPP));
+        }
+        let bs = d.engine.geometry().bs;
+        let inside = offset.checked_add(len).is_some_and(|end| end <= size);
+        if len == 0 || !offset.is_multiple_of(bs) || !len.is_multiple_of(bs) || !inside {
+            warn!("discard of {len} bytes at {offset} refused: unaligned, empty or past the end");
+            return Err(Error::new(EINVAL));
+        }
+        d.engine
+            .discard(ctx.request, (base + offset) / bs, len / bs);
+        Err(Error::new(EINPROGRESS))
+    }
+
     fn names(&self) -> Vec<String> {
         let mut names = Vec::new();
         for d in &self.disks {
@@ -490,7 +536,7 @@ impl<D: BlockDevice> Scheme for DiskScheme<D> {
         id: usize,
         payload: &mut [u8],
         metadata: &[u64],
-        _ctx: &CallerCtx,
+        ctx: &CallerCtx,
     ) -> Result<usize> {
         let h = self.handles.get(id)?;
         let cmd = metadata.first().copied().ok_or(Error::new(ENOTTY))?;
@@ -500,7 +546,8 @@ impl<D: BlockDevice> Scheme for DiskScheme<D> {
         if !matches!(h.target, Target::Disk(..)) {
             return Err(Error::new(ENOTTY));
         }
-        let (disk, _, size) = self.extent(h.target)?;
+        let writable = h.write;
+        let (disk, base, size) = self.extent(h.target)?;
         match cmd {
             BLKGETSIZE64 => {
                 let out = payload.get_mut(..8).ok_or(Error::new(EINVAL))?;
@@ -508,6 +555,13 @@ impl<D: BlockDevice> Scheme for DiskScheme<D> {
                 Ok(0)
             }
             BLKSSZGET => Ok(self.disks[disk].engine.geometry().bs as usize),
+            // As on Linux, discarding needs a handle open for writing.
+            BLKDISCARD if !writable => Err(Error::new(EBADF)),
+            BLKDISCARD => self.discard(disk, (base, size), payload, ctx),
+            BLKDISCARD_LINUX => {
+                warn!("BLKDISCARD as _IO carries no range through FUSE: use _IOW(0x12, 119, 16)");
+                Err(Error::new(EINVAL))
+            }
             _ => Err(Error::new(ENOTTY)),
         }
     }

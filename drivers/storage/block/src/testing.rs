@@ -1,7 +1,8 @@
 //! Test double: an in-memory [`BlockDevice`] that completes asynchronously.
 //!
 //! `submit` only records an operation (checking it the way a device would:
-//! in range, whole blocks, within `max_transfer`, queue not full). Nothing
+//! in range, whole blocks, within `max_transfer` or `max_discard`, queue
+//! not full). A discard zeroes its blocks when carried out. Nothing
 //! happens until the test *fires an interrupt* through [`MemDiskCtl`]: then
 //! the recorded operations are carried out against the backing bytes, in the
 //! order the test asks for (possibly out of order), their results become
@@ -24,6 +25,7 @@ pub enum Pending {
     Read { lba: u64, blocks: u32 },
     Write { lba: u64, data: Vec<u8> },
     Flush,
+    Discard { lba: u64, blocks: u64 },
 }
 
 /// Everything the device and the test share.
@@ -40,6 +42,7 @@ pub struct MemState {
     pub reads: usize,
     pub writes: usize,
     pub flushes: usize,
+    pub discards: usize,
     /// Most operations pending at once.
     pub max_pending: usize,
     /// Most write operations pending at once.
@@ -103,6 +106,17 @@ impl MemState {
                 self.flushes += 1;
                 Ok(Vec::new())
             }
+            Pending::Discard { lba, blocks } => {
+                self.discards += 1;
+                match self.range(lba, blocks) {
+                    _ if self.touches_fail(lba, blocks) => Err(Error::new(EIO)),
+                    Some(r) => {
+                        self.data[r].fill(0);
+                        Ok(Vec::new())
+                    }
+                    None => Err(Error::new(EIO)),
+                }
+            }
         };
         self.done.push(Done { tag, result });
     }
@@ -129,7 +143,8 @@ pub enum Order {
 }
 
 /// A 512-byte-block disk holding `data` (whose length must be a multiple of
-/// 512), with the given transfer limit and queue depth.
+/// 512), with the given transfer limit and queue depth, discarding up to
+/// 64 blocks per operation.
 pub fn mem_disk(data: Vec<u8>, max_transfer: usize, queue_depth: usize) -> (MemDisk, MemDiskCtl) {
     let info = DiskInfo {
         block_size: 512,
@@ -138,6 +153,7 @@ pub fn mem_disk(data: Vec<u8>, max_transfer: usize, queue_depth: usize) -> (MemD
         queue_depth,
         read_only: false,
         can_flush: true,
+        max_discard: 64,
     };
     mem_disk_with(data, info)
 }
@@ -153,6 +169,7 @@ pub fn mem_disk_with(data: Vec<u8>, info: DiskInfo) -> (MemDisk, MemDiskCtl) {
         reads: 0,
         writes: 0,
         flushes: 0,
+        discards: 0,
         max_pending: 0,
         max_pending_writes: 0,
         bad_ops: Vec::new(),
@@ -210,13 +227,24 @@ impl BlockDevice for MemDisk {
                 }
             }
             Op::Flush => Pending::Flush,
+            Op::Discard { lba, blocks } => {
+                if blocks == 0
+                    || blocks > s.info.max_discard
+                    || s.range(lba, blocks).is_none()
+                    || s.info.read_only
+                {
+                    s.bad_ops.push(format!("discard {lba}+{blocks}"));
+                    return Err(Error::new(EINVAL));
+                }
+                Pending::Discard { lba, blocks }
+            }
         };
         s.pending.push((tag, pending));
         s.max_pending = s.max_pending.max(s.pending.len());
         let w = s
             .pending
             .iter()
-            .filter(|(_, p)| matches!(p, Pending::Write { .. }))
+            .filter(|(_, p)| matches!(p, Pending::Write { .. } | Pending::Discard { .. }))
             .count();
         s.max_pending_writes = s.max_pending_writes.max(w);
         Ok(())

@@ -6,11 +6,12 @@ mod common;
 
 use block::partition::Partition;
 use block::testing::{mem_disk, mem_disk_with, next_random, MemDisk, MemDiskCtl, Order, Pending};
-use block::{DiskInfo, DiskScheme, Done, BLKGETSIZE64, BLKSSZGET};
+use block::{DiskInfo, DiskScheme, Done, BLKDISCARD, BLKDISCARD_LINUX, BLKGETSIZE64, BLKSSZGET};
 use common::{pattern, with_mbr};
 use scheme::{CallerCtx, Completed, Completion, Scheme, Stat};
 use syscall::error::{
-    EACCES, EBADF, EINPROGRESS, EINVAL, EIO, EISDIR, ENOENT, ENOSPC, ENOTDIR, ENOTTY, EROFS,
+    EACCES, EBADF, EINPROGRESS, EINVAL, EIO, EISDIR, ENOENT, ENOSPC, ENOTDIR, ENOTTY, EOPNOTSUPP,
+    EROFS,
 };
 use syscall::flag::{MODE_DIR, MODE_FILE, O_DIRECTORY, O_RDONLY, O_RDWR, O_STAT, O_WRONLY};
 
@@ -465,6 +466,7 @@ fn read_only_disks_refuse_writers() {
         queue_depth: 2,
         read_only: true,
         can_flush: false,
+        max_discard: 0,
     };
     let (d, ctl) = mem_disk_with(vec![0; 16 * 512], info);
     let mut rig = Rig::over(d, ctl);
@@ -591,7 +593,7 @@ fn ioctls() {
     let mut r = 77u64;
     for _ in 0..1000 {
         r = next_random(r);
-        if r as u32 == BLKGETSIZE64 || r as u32 == BLKSSZGET {
+        if [BLKGETSIZE64, BLKSSZGET, BLKDISCARD, BLKDISCARD_LINUX].contains(&(r as u32)) {
             continue;
         }
         let mut p = vec![0u8; (r >> 40) as usize % 64];
@@ -629,6 +631,7 @@ fn nonsense_geometry_never_panics() {
             queue_depth: depth,
             read_only: false,
             can_flush: true,
+            max_discard: 0,
         };
         let (d, ctl) = mem_disk_with(vec![0; 4096], info);
         let c = ctl.clone();
@@ -672,6 +675,7 @@ fn four_kib_blocks() {
         queue_depth: 3,
         read_only: false,
         can_flush: true,
+        max_discard: 0,
     };
     let img = pattern(16 * 4096, 15);
     let (d, ctl) = mem_disk_with(img.clone(), info);
@@ -738,4 +742,165 @@ fn disks_can_be_numbered_by_the_driver() {
         other => panic!("{other:?}"),
     }
     assert!(c0.pending().is_empty(), "disk 0 untouched");
+}
+
+/// Asks for a discard of `len` bytes at `offset` on handle `id`.
+fn discard_call(rig: &mut Rig, id: usize, offset: u64, len: u64) -> Result<u64, i32> {
+    let r = rig.req();
+    let mut range = [offset.to_ne_bytes(), len.to_ne_bytes()].concat();
+    match rig.s.call(id, &mut range, &[BLKDISCARD.into(), 0], &ctx(r)) {
+        Err(e) if e.errno == EINPROGRESS => Ok(r),
+        Err(e) => Err(e.errno),
+        Ok(v) => panic!("discard answered at once with {v}"),
+    }
+}
+
+impl Rig {
+    /// A discard, settled; its answer.
+    fn discard(&mut self, id: usize, offset: u64, len: u64) -> Result<(), i32> {
+        let r = discard_call(self, id, offset, len)?;
+        let c = self.settle(Order::Shuffled(offset ^ len));
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].request, r);
+        assert_eq!(c[0].result, Ok(Completed::Called(0)));
+        Ok(())
+    }
+}
+
+#[test]
+fn an_aligned_discard_reads_back_zeros_and_large_ones_are_split() {
+    assert_eq!(BLKDISCARD, 0x4010_1277);
+    assert_eq!(BLKDISCARD_LINUX, 0x1277);
+    let img = pattern(256 * 512, 21);
+    // MemDisk discards at most 64 blocks per operation: 150 blocks is 3.
+    let mut rig = Rig::new(img.clone(), 4096, 2);
+    let id = rig.open("0", O_RDWR).unwrap();
+    rig.discard(id, 10 * 512, 150 * 512).unwrap();
+    let mut model = img;
+    model[10 * 512..160 * 512].fill(0);
+    assert_eq!(rig.read(id, 0, 256 * 512, Order::Reversed), model);
+    assert_eq!(rig.data(), model);
+    let st = rig.ctl.state();
+    assert_eq!(st.discards, 3);
+    assert!(st.bad_ops.is_empty(), "{:?}", st.bad_ops);
+    assert!(st.max_pending <= 2);
+}
+
+#[test]
+fn a_partition_discard_is_translated_and_bounded_by_the_partition() {
+    // Partition 1: LBA 64, 100 blocks.
+    let img = with_mbr(pattern(256 * 512, 22));
+    let mut rig = Rig::new(img.clone(), 4096, 4);
+    let id = rig.open("0p1", O_RDWR).unwrap();
+    rig.discard(id, 4 * 512, 8 * 512).unwrap();
+    let mut model = img;
+    model[68 * 512..76 * 512].fill(0);
+    assert_eq!(rig.data(), model);
+    // Inside the disk but past the partition's end: refused.
+    assert_eq!(discard_call(&mut rig, id, 96 * 512, 8 * 512), Err(EINVAL));
+    rig.discard(id, 96 * 512, 4 * 512).unwrap();
+    model[160 * 512..164 * 512].fill(0);
+    assert_eq!(rig.data(), model);
+}
+
+#[test]
+fn misaligned_empty_and_out_of_range_discards_are_refused_and_change_nothing() {
+    let img = pattern(64 * 512, 23);
+    let mut rig = Rig::new(img.clone(), 4096, 2);
+    let id = rig.open("0", O_RDWR).unwrap();
+    let size = 64 * 512u64;
+    for (offset, len) in [
+        (1u64, 512u64),
+        (0, 511),
+        (512, 0),
+        (0, 513),
+        (size - 512, 1024),
+        (size, 512),
+        (u64::MAX - 511, 1024),
+        (512, u64::MAX - 511),
+    ] {
+        assert_eq!(
+            discard_call(&mut rig, id, offset, len),
+            Err(EINVAL),
+            "{len} at {offset}"
+        );
+    }
+    // A short range, and Linux's own BLKDISCARD (its range never reaches a
+    // FUSE server): EINVAL.
+    let e = rig
+        .s
+        .call(id, &mut [0; 8], &[BLKDISCARD.into(), 0], &ctx(9));
+    assert_eq!(e.unwrap_err().errno, EINVAL);
+    let e = rig
+        .s
+        .call(id, &mut [], &[BLKDISCARD_LINUX.into(), 0x1000], &ctx(9));
+    assert_eq!(e.unwrap_err().errno, EINVAL);
+    // A handle not open for writing may not discard (as on Linux).
+    let ro = rig.open("0", O_RDONLY).unwrap();
+    assert_eq!(discard_call(&mut rig, ro, 0, 512), Err(EBADF));
+    assert_eq!(rig.s.in_flight(), 0);
+    assert!(rig.ctl.pending().is_empty());
+    assert_eq!(rig.data(), img);
+    assert!(rig.ctl.state().bad_ops.is_empty());
+}
+
+#[test]
+fn a_device_without_discard_answers_eopnotsupp() {
+    let info = DiskInfo {
+        block_size: 512,
+        blocks: 16,
+        max_transfer: 4096,
+        queue_depth: 2,
+        read_only: false,
+        can_flush: false,
+        max_discard: 0,
+    };
+    let img = pattern(16 * 512, 24);
+    let (d, ctl) = mem_disk_with(img.clone(), info);
+    let mut rig = Rig::over(d, ctl);
+    let id = rig.open("0", O_RDWR).unwrap();
+    assert_eq!(discard_call(&mut rig, id, 0, 512), Err(EOPNOTSUPP));
+    assert!(rig.ctl.pending().is_empty());
+    assert_eq!(rig.data(), img);
+}
+
+#[test]
+fn discards_and_overlapping_writes_run_in_arrival_order() {
+    let img = pattern(64 * 512, 25);
+    let mut rig = Rig::new(img.clone(), 4096, 8);
+    let id = rig.open("0", O_RDWR).unwrap();
+    let mut model = img;
+    // A write (blocks 0..4, unaligned end: RMW), then a discard of 2..6:
+    // the discard waits for the write, so blocks 2..6 end up zero.
+    let data = pattern(4 * 512 - 100, 26);
+    let w = rig.start_write(id, 0, &data);
+    let d = discard_call(&mut rig, id, 2 * 512, 4 * 512).unwrap();
+    assert!(
+        !rig.ctl
+            .pending()
+            .iter()
+            .any(|(_, p)| matches!(p, Pending::Discard { .. })),
+        "the discard went to the device beside an overlapping write"
+    );
+    // Then a write over 5..7 that must wait for the discard.
+    let data2 = pattern(2 * 512, 27);
+    let w2 = rig.start_write(id, 5 * 512, &data2);
+    // A discard elsewhere does not wait.
+    let far = discard_call(&mut rig, id, 40 * 512, 512).unwrap();
+    assert!(rig
+        .ctl
+        .pending()
+        .iter()
+        .any(|(_, p)| *p == Pending::Discard { lba: 40, blocks: 1 }));
+    let done = rig.settle(Order::Reversed);
+    for r in [w, d, w2, far] {
+        let c = done.iter().find(|c| c.request == r).expect("answered");
+        assert!(c.result.is_ok(), "{:?}", c.result);
+    }
+    model[..data.len()].copy_from_slice(&data);
+    model[2 * 512..6 * 512].fill(0);
+    model[5 * 512..7 * 512].copy_from_slice(&data2);
+    model[40 * 512..41 * 512].fill(0);
+    assert_eq!(rig.data(), model);
+    assert!(rig.ctl.state().bad_ops.is_empty());
 }

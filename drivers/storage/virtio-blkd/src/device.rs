@@ -479,6 +479,8 @@ impl<P: Port<Config = BlkConfig>, B: Buffer> BlockDevice for VirtioBlk<P, B> {
             queue_depth: self.limits.depth,
             read_only: self.limits.read_only,
             can_flush: self.limits.can_flush,
+            // VIRTIO_BLK_F_DISCARD is not negotiated.
+            max_discard: 0,
         }
     }
 
@@ -514,6 +516,8 @@ impl<P: Port<Config = BlkConfig>, B: Buffer> BlockDevice for VirtioBlk<P, B> {
                 }
                 self.queue(tag, Kind::Flush, req::FLUSH, 0, 0)
             }
+            // DiskInfo says it cannot discard; the scheme never asks.
+            Op::Discard { .. } => Err(Error::new(EOPNOTSUPP)),
         }
     }
 

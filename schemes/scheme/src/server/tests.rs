@@ -7,7 +7,7 @@ use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
 use syscall::flag::{EventFlags, MODE_FILE};
 
 /// One file, `""`; reads park until `data` is set. With `defer` set,
-/// reads, writes and fsyncs are taken (`EINPROGRESS`) and recorded in
+/// reads, writes, fsyncs and ioctls are taken (`EINPROGRESS`) and recorded in
 /// `taken`; the test finishes them by pushing to `done`.
 #[derive(Default)]
 struct Pending {
@@ -68,6 +68,12 @@ impl Scheme for Pending {
             return self.take(c, "fsync").map(|_| ());
         }
         Ok(())
+    }
+    fn call(&mut self, _id: usize, _p: &mut [u8], _m: &[u64], c: &CallerCtx) -> Result<usize> {
+        if self.defer {
+            return self.take(c, "call");
+        }
+        Err(Error::new(ENOTTY))
     }
     fn take_completions(&mut self, out: &mut Vec<Completion>) {
         out.append(&mut self.done);
@@ -430,6 +436,40 @@ fn deferred_requests_are_answered_on_completion_in_any_order() {
     h.expect_err(r1, EIO);
     assert_eq!(h.server.deferred(), 0);
     assert!(h.reply().is_none());
+}
+
+#[test]
+fn a_deferred_ioctl_is_answered_with_its_value_and_one_returning_data_is_refused() {
+    let mut h = Harness::new();
+    let fh = h.open();
+    h.server.scheme_mut().defer = true;
+    let range = [0u8; 16];
+    let io = IoctlIn {
+        fh,
+        cmd: crate::ioctl::iow(0x12, 119, 16),
+        in_size: 16,
+        ..Default::default()
+    };
+    let mut body = io.as_bytes().to_vec();
+    body.extend_from_slice(&range);
+    let u = h.send(FUSE_IOCTL, ROOT_ID, &body);
+    assert!(h.reply().is_none(), "nothing answered before completion");
+    assert_eq!(h.server.deferred(), 1);
+    h.finish(u, Ok(Completed::Called(3)));
+    let (ru, e, body) = h.reply().unwrap();
+    assert_eq!((ru, e), (u, 0));
+    let (out, rest) = IoctlOut::read_from_prefix(&body).unwrap();
+    assert_eq!((out.result, rest.len()), (3, 0));
+    // A command that returns data cannot wait: its payload is not kept.
+    let io = IoctlIn {
+        fh,
+        cmd: crate::ioctl::ior(0x12, 114, 8),
+        out_size: 8,
+        ..Default::default()
+    };
+    let u = h.send(FUSE_IOCTL, ROOT_ID, io.as_bytes());
+    h.expect_err(u, EIO);
+    assert_eq!(h.server.deferred(), 0);
 }
 
 #[test]

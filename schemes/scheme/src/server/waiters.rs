@@ -44,6 +44,7 @@ pub(super) enum DeferredKind {
     Read { size: usize },
     Write { size: usize },
     Fsync,
+    Call,
 }
 
 /// A request the scheme took with `EINPROGRESS`: no reply until its

@@ -30,7 +30,7 @@ use common::barrier::{rmb, wmb};
 use common::dma::Buffer;
 use common::{poll_until, Throttle};
 use log::{error, info, warn};
-use syscall::error::{Error, EAGAIN, EINVAL, EIO};
+use syscall::error::{Error, EAGAIN, EINVAL, EIO, EOPNOTSUPP};
 
 use super::fis::{self, CommandHeader, Identify, Prd, PRDT_OFFSET, PRD_LEN};
 use super::regs::{cmd, is, port, sata, sig, tfd};
@@ -231,6 +231,7 @@ impl<R: PortRegs, B: Buffer> AhciPort<R, B> {
                 queue_depth: 1,
                 read_only: false,
                 can_flush: false,
+                max_discard: 0,
             },
             flush_cmd: fis::ata::FLUSH_CACHE_EXT,
             done: Vec::new(),
@@ -397,6 +398,8 @@ impl<R: PortRegs, B: Buffer> AhciPort<R, B> {
             queue_depth: self.depth,
             read_only: false,
             can_flush: id.write_cache,
+            // DATA SET MANAGEMENT (TRIM) is not used.
+            max_discard: 0,
         };
         Ok(())
     }
@@ -799,6 +802,8 @@ impl<R: PortRegs, B: Buffer> BlockDevice for AhciPort<R, B> {
                 let frame = fis::h2d_plain(self.flush_cmd);
                 self.queue(tag, Kind::Flush, frame, false, 0, None)
             }
+            // DiskInfo says it cannot discard; the scheme never asks.
+            Op::Discard { .. } => Err(Error::new(EOPNOTSUPP)),
         }
     }
 

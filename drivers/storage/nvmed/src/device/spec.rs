@@ -94,6 +94,50 @@ pub mod io {
     pub const FLUSH: u8 = 0x00;
     pub const WRITE: u8 = 0x01;
     pub const READ: u8 = 0x02;
+    /// Dataset Management (6.7): CDW10 bits 7:0 the number of ranges,
+    /// 0's based; CDW11 the attributes; PRP1/PRP2 the range list.
+    pub const DSM: u8 = 0x09;
+    /// CDW11 bit 2: Attribute – Deallocate.
+    pub const DSM_AD: u32 = 1 << 2;
+    /// Ranges one Dataset Management command may carry (a 4 KiB list).
+    pub const DSM_MAX_RANGES: usize = 256;
+}
+
+/// One Dataset Management range (figure 363): context attributes, length
+/// in logical blocks, starting LBA.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct DsmRange {
+    pub cattr: U32,
+    pub nlb: U32,
+    pub slba: U64,
+}
+
+const _: () = assert!(std::mem::size_of::<DsmRange>() == 16);
+
+/// The ranges covering `blocks` at `lba`, each at most `per_range` blocks
+/// (at least 1, at most `u32::MAX`); `None` if they would be more than
+/// [`io::DSM_MAX_RANGES`] or `blocks` is 0.
+pub fn dsm_ranges(lba: u64, blocks: u64, per_range: u32) -> Option<Vec<DsmRange>> {
+    let per = u64::from(per_range.max(1));
+    if blocks == 0 || blocks.div_ceil(per) > io::DSM_MAX_RANGES as u64 {
+        return None;
+    }
+    let end = lba.checked_add(blocks)?;
+    let mut out = Vec::new();
+    let mut at = lba;
+    while at < end {
+        let n = (end - at).min(per);
+        out.push(DsmRange {
+            cattr: U32::new(0),
+            nlb: U32::new(n as u32),
+            slba: U64::new(at),
+        });
+        at += n;
+    }
+    Some(out)
 }
 
 /// A submission queue entry (4.2): dwords 0-15.
@@ -322,6 +366,20 @@ pub struct NamespaceId {
     pub lbads: u8,
     /// Metadata bytes per block in that format.
     pub ms: u16,
+    /// DLFEAT (byte 33): bits 2:0 say what deallocated blocks read back
+    /// (001b: zeros, 010b: ones, 000b: not reported).
+    pub dlfeat: u8,
+}
+
+impl NamespaceId {
+    /// What reading a deallocated block returns, as DLFEAT says.
+    pub fn deallocated_reads(&self) -> &'static str {
+        match self.dlfeat & 0x7 {
+            1 => "zeros",
+            2 => "ones (0xff)",
+            _ => "not reported",
+        }
+    }
 }
 
 impl NamespaceId {
@@ -343,6 +401,7 @@ impl NamespaceId {
             nsze,
             lbads: (lbaf >> 16) as u8,
             ms: lbaf as u16,
+            dlfeat: data[33],
         })
     }
 }
@@ -481,6 +540,22 @@ mod tests {
     }
 
     #[test]
+    fn dsm_ranges_cover_the_span_in_at_most_256_entries() {
+        let r = dsm_ranges(10, 25, 10).unwrap();
+        let got: Vec<(u32, u32, u64)> = r
+            .iter()
+            .map(|e| (e.cattr.get(), e.nlb.get(), e.slba.get()))
+            .collect();
+        assert_eq!(got, [(0, 10, 10), (0, 10, 20), (0, 5, 30)]);
+        assert_eq!(r[1].as_bytes()[4..8], 10u32.to_le_bytes());
+        assert_eq!(r[1].as_bytes()[8..16], 20u64.to_le_bytes());
+        assert_eq!(dsm_ranges(0, 256 * 7, 7).unwrap().len(), 256);
+        assert!(dsm_ranges(0, 256 * 7 + 1, 7).is_none());
+        assert!(dsm_ranges(0, 0, 7).is_none());
+        assert!(dsm_ranges(u64::MAX, 2, 7).is_none());
+    }
+
+    #[test]
     fn identify_namespace_uses_the_format_in_use() {
         let mut page = vec![0u8; 4096];
         page[0..8].copy_from_slice(&1000u64.to_le_bytes());
@@ -490,6 +565,12 @@ mod tests {
         page[132..136].copy_from_slice(&(12u32 << 16 | 8).to_le_bytes());
         let ns = NamespaceId::parse(&page).unwrap();
         assert_eq!((ns.nsze, ns.lbads, ns.ms), (1000, 12, 8));
+        assert_eq!(ns.deallocated_reads(), "not reported");
+        page[33] = 0x9; // QEMU with discard=unmap: zeros, and Write Zeroes may deallocate
+        assert_eq!(
+            NamespaceId::parse(&page).unwrap().deallocated_reads(),
+            "zeros"
+        );
         page[26] = 5; // beyond NLBAF
         assert!(NamespaceId::parse(&page).is_none());
     }

@@ -141,11 +141,20 @@ struct Sim {
     fail_lba: Option<(u64, u8, u8)>,
     /// Data commands seen, by opcode, with their PRPs.
     seen: Vec<Command>,
+    /// ONCS of Identify Controller (bit 2: Dataset Management).
+    oncs: u16,
+    /// Dataset Management commands: (CDW11, ranges as (attributes,
+    /// blocks, LBA)) as read from the command's PRPs.
+    dsm: Vec<(u32, Vec<SimRange>)>,
     /// Bytes read, for the SMART log.
     bytes_read: u64,
 }
 
 type SimShared = Rc<RefCell<Sim>>;
+
+/// A Dataset Management range as the simulator read it: (context
+/// attributes, blocks, starting LBA).
+type SimRange = (u32, u32, u64);
 
 /// BAR0 of the simulated controller.
 struct SimRegs(SimShared);
@@ -175,6 +184,8 @@ impl Sim {
             auto: true,
             fail_lba: None,
             seen: Vec::new(),
+            oncs: 1 << 2,
+            dsm: Vec::new(),
             bytes_read: 0,
         }
     }
@@ -270,7 +281,7 @@ impl Sim {
                         page[77] = self.mdts;
                         let nn = self.ns.keys().max().copied().unwrap_or(0);
                         page[516..520].copy_from_slice(&nn.to_le_bytes());
-                        page[520..522].copy_from_slice(&(1u16 << 2).to_le_bytes());
+                        page[520..522].copy_from_slice(&self.oncs.to_le_bytes());
                         page[525] = self.vwc;
                     }
                     admin::CNS_ACTIVE_NSIDS => {
@@ -354,8 +365,50 @@ impl Sim {
         out
     }
 
+    /// Dataset Management: reads the range list through the PRPs; with
+    /// Deallocate, the blocks read back zeros afterwards (DLFEAT 001b).
+    fn dsm(&mut self, c: &Command) -> (u32, u8, u8) {
+        let n = (c.cdw10.get() & 0xff) as usize + 1;
+        let mut list = vec![0u8; n * 16];
+        let mut at = 0;
+        for (iova, len) in self.pages(c, list.len()) {
+            self.bus.read(iova, &mut list[at..at + len]);
+            at += len;
+        }
+        let ranges: Vec<SimRange> = list
+            .chunks_exact(16)
+            .map(|e| {
+                (
+                    u32::from_le_bytes(e[0..4].try_into().unwrap()),
+                    u32::from_le_bytes(e[4..8].try_into().unwrap()),
+                    u64::from_le_bytes(e[8..16].try_into().unwrap()),
+                )
+            })
+            .collect();
+        self.dsm.push((c.cdw11.get(), ranges.clone()));
+        let Some((bs, data)) = self.ns.get_mut(&c.nsid.get()) else {
+            return (0, 0, 0x0b);
+        };
+        for (_, nlb, slba) in &ranges {
+            let (start, len) = (*slba as usize * *bs, *nlb as usize * *bs);
+            if start + len > data.len() {
+                return (0, 0, 0x80);
+            }
+        }
+        if c.cdw11.get() & spec::io::DSM_AD != 0 {
+            for (_, nlb, slba) in ranges {
+                let start = slba as usize * *bs;
+                data[start..start + nlb as usize * *bs].fill(0);
+            }
+        }
+        (0, 0, 0)
+    }
+
     fn io(&mut self, c: &Command) -> (u32, u8, u8) {
         self.seen.push(*c);
+        if c.opcode() == spec::io::DSM {
+            return self.dsm(c);
+        }
         let Some((bs, data)) = self.ns.get(&c.nsid.get()) else {
             return (0, 0, 0x0b);
         };
@@ -805,4 +858,76 @@ fn the_health_file_is_the_smart_log_and_counts_reads() {
     }
     assert_eq!(complete_all(&mut nss[0]).len(), 4);
     assert_eq!(units(&c), 5);
+}
+
+#[test]
+fn discard_is_a_dataset_management_deallocate_with_its_ranges_in_dma() {
+    let disk = pattern(5, 4 << 20);
+    let s = sim(&[(1, 512, disk.clone()), (2, 4096, vec![7; 1 << 20])]);
+    let (_c, mut nss) = bring_up(&s, 2);
+    // 256 ranges of 1 GiB each.
+    assert_eq!(nss[0].info().max_discard, 256 << 21);
+    assert_eq!(nss[1].info().max_discard, 256 << 18);
+    let ns = &mut nss[0];
+    ns.submit(
+        1,
+        Op::Discard {
+            lba: 100,
+            blocks: 50,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        complete_all(ns),
+        [Done {
+            tag: 1,
+            result: Ok(Vec::new())
+        }]
+    );
+    let c = *s.borrow().seen.last().unwrap();
+    assert_eq!((c.opcode(), c.nsid.get()), (spec::io::DSM, 1));
+    assert_eq!(c.cdw10.get(), 0, "one range, 0's based");
+    assert_eq!(c.cdw11.get(), 1 << 2, "Attribute - Deallocate only");
+    assert_eq!(c.prp2.get(), 0, "a 16-byte list needs one page");
+    assert_eq!(c.cdw12.get(), 0);
+    assert_eq!(s.borrow().dsm, [(1 << 2, vec![(0, 50, 100)])]);
+    let mut model = disk;
+    model[100 * 512..150 * 512].fill(0);
+    assert!(s.borrow().ns[&1].1 == model);
+    // The slot's buffer held the list; a read through it afterwards is
+    // the namespace's data.
+    for tag in 2..2 + SLOTS as u64 {
+        ns.submit(tag, Op::Read { lba: 99, blocks: 2 }).unwrap();
+    }
+    for d in complete_all(ns) {
+        assert_eq!(d.result.as_deref().unwrap(), &model[99 * 512..101 * 512]);
+    }
+    // Past the end, empty, or more than 256 ranges: refused before the
+    // controller sees anything.
+    let before = s.borrow().seen.len();
+    for (lba, blocks) in [(8190u64, 3u64), (0, 0), (u64::MAX, 2), (0, (256 << 21) + 1)] {
+        assert_eq!(
+            ns.submit(9, Op::Discard { lba, blocks }).unwrap_err().errno,
+            EINVAL,
+            "{blocks} at {lba}"
+        );
+    }
+    assert_eq!(s.borrow().seen.len(), before);
+}
+
+#[test]
+fn without_dataset_management_a_namespace_cannot_discard() {
+    let s = sim(&[(1, 512, vec![3; 1 << 20])]);
+    s.borrow_mut().oncs = 0;
+    let (_c, mut nss) = bring_up(&s, 2);
+    assert!(!nss[0].info().can_discard());
+    assert_eq!(
+        nss[0]
+            .submit(1, Op::Discard { lba: 0, blocks: 8 })
+            .unwrap_err()
+            .errno,
+        EOPNOTSUPP
+    );
+    assert!(s.borrow().seen.is_empty());
+    assert!(s.borrow().ns[&1].1.iter().all(|&b| b == 3));
 }

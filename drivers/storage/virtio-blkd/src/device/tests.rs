@@ -396,6 +396,7 @@ fn bad_requests_are_refused_before_the_device() {
             EINVAL,
         ),
         (Op::Flush, EOPNOTSUPP),
+        (Op::Discard { lba: 0, blocks: 8 }, EOPNOTSUPP),
     ];
     for (op, errno) in cases {
         assert_eq!(blk.submit(1, op).unwrap_err().errno, errno, "{op:?}");
