@@ -772,6 +772,31 @@ pub struct Started {
 
 /// Brings up the NVMe controller behind `handle`: reset, admin queue,
 /// Identify, I/O queues on MSI-X vectors 1.., namespaces.
+/// Set in the unit's environment to choose the number of I/O queue pairs
+/// (1 to [`MAX_IO_QUEUES`]); `make bench`'s `nvme-queues` part measures 1
+/// against 2 with it. Unset: one per CPU, at least 2.
+pub const IO_QUEUES_ENV: &str = "NVMED_IO_QUEUES";
+
+/// The I/O queue pairs to ask the controller for: `asked` (the
+/// environment's word) if it is a number from 1 to [`MAX_IO_QUEUES`], else
+/// (logged) one per CPU, clamped to 2..=[`MAX_IO_QUEUES`].
+pub fn io_queues_wanted(cpus: usize, asked: Option<&str>) -> u16 {
+    let default = u16::try_from(cpus)
+        .unwrap_or(MAX_IO_QUEUES)
+        .clamp(2, MAX_IO_QUEUES);
+    match asked.map(|a| a.trim().parse::<u16>()) {
+        None => default,
+        Some(Ok(n)) if (1..=MAX_IO_QUEUES).contains(&n) => n,
+        Some(_) => {
+            warn!(
+                "{IO_QUEUES_ENV}={:?}: not a number from 1 to {MAX_IO_QUEUES}; using {default}",
+                asked.unwrap_or_default()
+            );
+            default
+        }
+    }
+}
+
 pub fn start(handle: &PciFunctionHandle) -> io::Result<Started> {
     // A restarted driver gets the function as the last instance left it:
     // FLR first (VFIO_DEVICE_RESET), then the controller reset below.
@@ -784,7 +809,8 @@ pub fn start(handle: &PciFunctionHandle) -> io::Result<Started> {
     let bar = handle.map_bar(0)?;
     handle.enable_bus_master()?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let want = (cpus as u16).clamp(2, MAX_IO_QUEUES);
+    let asked = std::env::var(IO_QUEUES_ENV).ok();
+    let want = io_queues_wanted(cpus, asked.as_deref());
     let msix = handle.enable_msix(u32::from(want) + 1)?;
     let mut irqs = msix.into_iter();
     let admin_irq = irqs

@@ -3,7 +3,10 @@
 //! the ratio; under TCG only the ratio means anything. Not a test: nothing
 //! here passes or fails on speed.
 //!
-//!   lab-bench [block] [net] [nvme] [ahci]      (default: all four)
+//!   lab-bench [block] [net] [nvme] [ahci] [nvme-queues]   (default: all five)
+//!
+//! `nvme-queues` boots twice more: nvmed on one controller told to use 1,
+//! then 2 I/O queue pairs (`NVMED_IO_QUEUES`), the same blkbench on each.
 //!
 //! The machine: our virtio-blk at 04.0 and Linux's at 07.0; our e1000 (05.0)
 //! and virtio-net (06.0) on QEMU hub 0, and an identical e1000 (08.0) and
@@ -51,9 +54,19 @@ fn main() {
     let net = args.is_empty() || args.iter().any(|a| a == "net");
     let nvme = args.is_empty() || args.iter().any(|a| a == "nvme");
     let ahci = args.is_empty() || args.iter().any(|a| a == "ahci");
-    if let Err(e) = run(block, net, nvme, ahci) {
-        eprintln!("lab-bench: {e}");
-        std::process::exit(1);
+    let queues = args.is_empty() || args.iter().any(|a| a == "nvme-queues");
+    let parts = block || net || nvme || ahci;
+    if parts {
+        if let Err(e) = run(block, net, nvme, ahci) {
+            eprintln!("lab-bench: {e}");
+            std::process::exit(1);
+        }
+    }
+    if queues {
+        if let Err(e) = bench_nvme_queues() {
+            eprintln!("lab-bench: nvme-queues: {e}");
+            std::process::exit(1);
+        }
     }
 }
 
@@ -152,6 +165,51 @@ fn run(block: bool, net: bool, nvme: bool, ahci: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// nvmed with 1 and with 2 I/O queue pairs on the same controller model,
+/// one boot each, the same blkbench: what a second queue (and vector)
+/// buys when every request still arrives through one /dev/fuse.
+fn bench_nvme_queues() -> Result<(), String> {
+    let img = lab::workspace_root().join("target/lab/bench-nvmeq.img");
+    let mut runs = Vec::new();
+    for queues in [1u32, 2] {
+        // Written out whole before each run: a sparse file makes the first
+        // run's writes pay for the host's block allocation, and the second
+        // run's not.
+        std::fs::write(&img, vec![0u8; (DISK_MIB << 20) as usize]).map_err(|e| e.to_string())?;
+        let unit = lab::unit_with_env("nvmed", &[("NVMED_IO_QUEUES", &queues.to_string())])?;
+        let cfg = Config::new(&format!("bench-nvmeq{queues}"))
+            .args(lab::nvme_args("n0", "0a.0", "", &[(1, &img)]))
+            .file("/etc/init.d/nvmed.toml", &unit, 0o644);
+        let mut vm = Vm::boot(cfg)?;
+        vm.ok(&format!(
+            "for i in $(seq 600); do [ -e {OUR_NVME} ] && exit 0; sleep 0.1; done; exit 1"
+        ))
+        .map_err(|e| format!("nvmed never served its namespace: {e}"))?;
+        let said = format!("nvme: {queues} I/O queue pairs");
+        if !vm.console().contains(&said) {
+            return Err(format!("nvmed did not report {said:?}"));
+        }
+        let result = measure(
+            &mut vm,
+            &format!("blkbench {OUR_NVME} --mib {DISK_MIB} --ops 4096"),
+            Duration::from_secs(1800),
+        )?;
+        let _ = vm.poweroff(Duration::from_secs(60));
+        runs.push(result);
+    }
+    println!("nvme: nvmed with 1 and 2 I/O queue pairs (one event loop), one boot each, TCG");
+    println!(
+        "{:<28} {:>12} {:>12} {:>8}",
+        "workload", "1 queue", "2 queues", "2q/1q"
+    );
+    for (key, label) in BLOCK_ROWS {
+        let one = runs[0][key].as_f64().unwrap_or(f64::NAN);
+        let two = runs[1][key].as_f64().unwrap_or(f64::NAN);
+        println!("{label:<28} {one:>12.1} {two:>12.1} {:>8.2}", two / one);
+    }
+    Ok(())
+}
+
 /// Kills each of our drivers once, after the benchmarks, and reads init's
 /// `service … back N ms after it ended`.
 fn bench_recovery(
@@ -235,18 +293,21 @@ fn bench_ahci(vm: &mut Vm) -> Result<(String, Value, Value), String> {
     Ok((dev, ours, kernel))
 }
 
+/// blkbench's results: (JSON key, label).
+const BLOCK_ROWS: [(&str, &str); 4] = [
+    ("seq_read_mbs", "seq read 1 MiB (MB/s)"),
+    ("seq_write_mbs", "seq write 1 MiB (MB/s)"),
+    ("rand4k_qd1_iops", "rand read 4 KiB QD1 (IOPS)"),
+    ("rand4k_qd32_iops", "rand read 4 KiB QD32 (IOPS)"),
+];
+
 fn print_block(driver: &str, linux: &str, dev: &str, ours: &Value, kernel: &Value) {
     println!("block: {driver} (/scheme/disk…) vs Linux {linux} ({dev}, O_DIRECT), same VM, TCG");
     println!(
         "{:<28} {:>12} {:>12} {:>8}",
         "workload", "ours", "linux", "ratio"
     );
-    for (key, label) in [
-        ("seq_read_mbs", "seq read 1 MiB (MB/s)"),
-        ("seq_write_mbs", "seq write 1 MiB (MB/s)"),
-        ("rand4k_qd1_iops", "rand read 4 KiB QD1 (IOPS)"),
-        ("rand4k_qd32_iops", "rand read 4 KiB QD32 (IOPS)"),
-    ] {
+    for (key, label) in BLOCK_ROWS {
         let o = ours[key].as_f64().unwrap_or(f64::NAN);
         let k = kernel[key].as_f64().unwrap_or(f64::NAN);
         println!("{label:<28} {o:>12.1} {k:>12.1} {:>8.2}", o / k);

@@ -931,3 +931,15 @@ fn without_dataset_management_a_namespace_cannot_discard() {
     assert!(s.borrow().seen.is_empty());
     assert!(s.borrow().ns[&1].1.iter().all(|&b| b == 3));
 }
+
+#[test]
+fn the_io_queue_count_is_one_per_cpu_unless_the_unit_says() {
+    assert_eq!(io_queues_wanted(1, None), 2, "at least two by default");
+    assert_eq!(io_queues_wanted(3, None), 3);
+    assert_eq!(io_queues_wanted(64, None), MAX_IO_QUEUES);
+    assert_eq!(io_queues_wanted(2, Some("1")), 1);
+    assert_eq!(io_queues_wanted(2, Some(" 4 ")), 4);
+    for bad in ["0", "5", "-1", "two", ""] {
+        assert_eq!(io_queues_wanted(2, Some(bad)), 2, "{bad:?} ignored");
+    }
+}
