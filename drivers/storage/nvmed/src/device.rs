@@ -770,8 +770,6 @@ pub struct Started {
     pub io_irqs: Vec<Irq>,
 }
 
-/// Brings up the NVMe controller behind `handle`: reset, admin queue,
-/// Identify, I/O queues on MSI-X vectors 1.., namespaces.
 /// Set in the unit's environment to choose the number of I/O queue pairs
 /// (1 to [`MAX_IO_QUEUES`]); `make bench`'s `nvme-queues` part measures 1
 /// against 2 with it. Unset: one per CPU, at least 2.
@@ -797,6 +795,8 @@ pub fn io_queues_wanted(cpus: usize, asked: Option<&str>) -> u16 {
     }
 }
 
+/// Brings up the NVMe controller behind `handle`: reset, admin queue,
+/// Identify, I/O queues on MSI-X vectors 1.., namespaces.
 pub fn start(handle: &PciFunctionHandle) -> io::Result<Started> {
     // A restarted driver gets the function as the last instance left it:
     // FLR first (VFIO_DEVICE_RESET), then the controller reset below.
