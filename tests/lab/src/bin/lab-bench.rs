@@ -70,6 +70,15 @@ fn main() {
     }
 }
 
+/// Waits (bounded, 60 s) until `driver` serves `path`.
+fn wait_served(vm: &mut Vm, path: &str, driver: &str) -> Result<(), String> {
+    vm.ok(&format!(
+        "for i in $(seq 600); do [ -e {path} ] && exit 0; sleep 0.1; done; exit 1"
+    ))
+    .map(|_| ())
+    .map_err(|e| format!("{driver} never served {path}: {e}"))
+}
+
 fn disk(name: &str) -> Result<std::path::PathBuf, String> {
     let dir = lab::workspace_root().join("target/lab");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -105,16 +114,10 @@ fn run(block: bool, net: bool, nvme: bool, ahci: bool) -> Result<(), String> {
     }
     let mut vm = Vm::boot(cfg)?;
     if nvme {
-        vm.ok(&format!(
-            "for i in $(seq 600); do [ -e {OUR_NVME} ] && exit 0; sleep 0.1; done; exit 1"
-        ))
-        .map_err(|e| format!("nvmed never served its namespace: {e}"))?;
+        wait_served(&mut vm, OUR_NVME, "nvmed")?;
     }
     if ahci {
-        vm.ok(&format!(
-            "for i in $(seq 600); do [ -e {OUR_AHCI} ] && exit 0; sleep 0.1; done; exit 1"
-        ))
-        .map_err(|e| format!("ahcid never served its disk: {e}"))?;
+        wait_served(&mut vm, OUR_AHCI, "ahcid")?;
     }
     // Our drivers first (bound to vfio-pci, so Linux's cannot take them).
     if net {
@@ -181,10 +184,7 @@ fn bench_nvme_queues() -> Result<(), String> {
             .args(lab::nvme_args("n0", "0a.0", "", &[(1, &img)]))
             .file("/etc/init.d/nvmed.toml", &unit, 0o644);
         let mut vm = Vm::boot(cfg)?;
-        vm.ok(&format!(
-            "for i in $(seq 600); do [ -e {OUR_NVME} ] && exit 0; sleep 0.1; done; exit 1"
-        ))
-        .map_err(|e| format!("nvmed never served its namespace: {e}"))?;
+        wait_served(&mut vm, OUR_NVME, "nvmed")?;
         let said = format!("nvme: {queues} I/O queue pairs");
         if !vm.console().contains(&said) {
             return Err(format!("nvmed did not report {said:?}"));
